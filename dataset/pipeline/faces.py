@@ -1,0 +1,68 @@
+"""Following a video's main face through its frames, and cutting the training crops around it.
+
+VoxCeleb videos are face tracks of one speaker, but a frame may also show someone else (an interviewer, a face
+on a poster) or nobody. Per frame we keep the face that continues the video's main face:
+
+1. a face overlapping the last kept face (box IoU >= ``iou_threshold``): the best-overlapping one;
+2. otherwise (first frame, a jump between clips, a face that moved) the most prominent face, scored by its box
+   side minus the distance of its centre from the image centre: VoxCeleb's tracks are centred on the speaker,
+   so the largest, most central face is the speaker's.
+
+Frames without any face keep nothing; the caller drops and counts them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dataset.landmarks import Face, crop_and_resize
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def prominence(face: Face, image_shape: tuple[int, ...]) -> float:
+    """Box side minus distance of the box centre from the image centre, in pixels: large and central wins."""
+    x0, y0, x1, y1 = face.box
+    height, width = image_shape[:2]
+    side = np.sqrt(max(x1 - x0, 0.0) * max(y1 - y0, 0.0))
+    offset = np.hypot((x0 + x1) / 2 - width / 2, (y0 + y1) / 2 - height / 2)
+    return float(side - offset)
+
+
+def choose_main_faces(faces_per_frame: Sequence[Sequence[Face]], shapes: Sequence[tuple[int, ...]],
+                      iou_threshold: float = 0.3) -> list[Face | None]:
+    """The main face of every frame (None where the frame has no face); see the module docstring."""
+    chosen: list[Face | None] = []
+    previous: Face | None = None
+    for faces, shape in zip(faces_per_frame, shapes):
+        face = None
+        if faces and previous is not None:
+            overlap = max(faces, key=lambda f: box_iou(f.box, previous.box))
+            if box_iou(overlap.box, previous.box) >= iou_threshold:
+                face = overlap
+        if face is None and faces:
+            face = max(faces, key=lambda f: prominence(f, shape))
+        chosen.append(face)
+        previous = face or previous
+    return chosen
+
+
+def crop_faces(images: Sequence[np.ndarray], faces: Sequence[Face], size: int,
+               scale: float = 1.8) -> tuple[list[np.ndarray], np.ndarray]:
+    """Square ``size`` crops around each face and its 68 points in crop pixels ((N, 68, 2) float32)."""
+    crops, points = [], []
+    for image, face in zip(images, faces):
+        crop, moved = crop_and_resize(image, face.points, size, scale)
+        crops.append(crop)
+        points.append(moved.astype(np.float32))
+    return crops, np.stack(points) if points else np.zeros((0, 68, 2), np.float32)
