@@ -157,8 +157,37 @@ class TrainConfig:
     k_shots: int = 8
     # Episodes (videos) per optimisation step.
     batch_size: int = 8
-    # Seed for every random generator (Python, NumPy, torch).
+    # Seed for every random generator (Python, NumPy, torch) and for the data order.
     seed: int = 0
+    # Optimisation steps of the whole run (one step = a D phase and a G phase on one batch).
+    steps: int = 500000
+    # Scalars go to TensorBoard and metrics.jsonl every log_every steps, image grids every image_every steps.
+    log_every: int = 50
+    image_every: int = 1000
+    # A checkpoint every checkpoint_every steps (and at the end); the newest keep_checkpoints are kept.
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+    # Autocast dtype for the networks' forward passes: "bf16" on Ampere/Hopper GPUs; "fp16" adds a grad scaler.
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    # NHWC memory layout for the convolutions (faster with tensor cores).
+    channels_last: bool = False
+    # torch.compile the networks (first steps are slow while it compiles).
+    compile: bool = False
+    # Deterministic kernels (torch.use_deterministic_algorithms): exact resume and reproducible runs, slower.
+    deterministic: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    """Few-shot fine-tuning on T frames of a new person (paper Sec. 3.4)."""
+
+    # Passes over the T frames (the paper fine-tunes for about 40 epochs).
+    epochs: int = 40
+    # Frames per optimisation step (at most T).
+    batch_size: int = 8
+    # Learning rates of G with psi' (5e-5) and of D with w' (2e-4), as in meta-learning.
+    lr_generator: float = 5e-5
+    lr_discriminator: float = 2e-4
 
 
 @dataclass
@@ -186,6 +215,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
 

@@ -15,7 +15,6 @@ what the training loop logs, and their sum is what it optimises.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +53,6 @@ class ContentLoss(nn.Module):
 def _warn_loudly(message: str) -> None:
     bar = "!" * 100
     print(f"\n{bar}\n{message}\n{bar}\n", file=sys.stderr, flush=True)
-    warnings.warn(message, stacklevel=3)
 
 
 def load_content_networks(cfg: LossConfig) -> dict[str, nn.Module]:

@@ -1,0 +1,49 @@
+"""Meta-learning of the few-shot talking-head model (Zakharov et al. 2019, Sec. 3.3).
+
+    python meta_train.py --config demo --out runs/demo --set data.root=data/demo_store
+    python meta_train.py --out runs/demo --resume                      # continue the latest checkpoint
+    torchrun --nproc_per_node 8 meta_train.py --config vox2 --out runs/vox2 --device cuda \\
+        --set data.root=/data/vox2_store --set train.amp=bf16 --set train.channels_last=true
+
+Every step runs a D phase on a detached generated frame, then an E+G phase (training/step.py). The run
+directory holds the frozen config, checkpoints, metrics.jsonl, TensorBoard logs and image grids
+(training/meta.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from config import ConfigError, add_config_arguments, config_from_args, load_config
+from training.checkpoint import CheckpointError
+from training.meta import meta_train
+from training.step import NonFiniteLossError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    add_config_arguments(parser, default="")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (torchrun picks the local GPU)")
+    args = parser.parse_args(argv)
+    try:
+        if not args.config:
+            frozen = Path(args.out) / "config.yaml"
+            if not (args.resume and frozen.is_file()):
+                parser.error("--config is required (except with --resume in a run directory that has config.yaml)")
+            cfg = load_config(frozen, args.overrides)
+        else:
+            cfg = config_from_args(args)
+        path = meta_train(cfg, args.out, resume=args.resume, device=args.device)
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"done: last checkpoint {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
