@@ -164,6 +164,10 @@ class TrainConfig:
     # Scalars go to TensorBoard and metrics.jsonl every log_every steps, image grids every image_every steps.
     log_every: int = 50
     image_every: int = 1000
+    # Every val_every steps (and at the end), reconstruction L1 on val_episodes fixed episodes of the test split,
+    # next to the baseline of copying the source frame whose landmarks are nearest the target's (0: off).
+    val_every: int = 1000
+    val_episodes: int = 16
     # A checkpoint every checkpoint_every steps (and at the end); the newest keep_checkpoints are kept.
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
@@ -380,6 +384,14 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
 
 def config_from_dict(data: dict) -> Config:
     """Rebuilds a ``Config`` saved with ``to_dict`` (e.g. from a checkpoint), with the same strict checks."""
+    return from_dict(Config, data)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with dotted overrides applied (e.g. a checkpoint's config adjusted from the command line)."""
+    data = to_dict(cfg)
+    for text in overrides:
+        data = _deep_merge(data, parse_override(text))
     return from_dict(Config, data)
 
 

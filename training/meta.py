@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from config import Config, save_config, to_dict
-from dataset.store import MetaDataset, to_unit_range
+from dataset.store import MetaDataset, StoreError, to_unit_range
 from model import build_networks
 from model.loss import GeneratorLoss, load_content_networks
 from training import checkpoint as ckpt
@@ -69,6 +69,41 @@ def make_loader(dataset, cfg: Config, info: distributed.DistInfo, start: int, de
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=_collate, pin_memory=device.type == "cuda", drop_last=True,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+@torch.no_grad()
+def validate(embedder: torch.nn.Module, generator: torch.nn.Module, episodes: list[dict],
+             device: torch.device) -> dict[str, float]:
+    """Reconstruction L1 of target frames from K sources, against copying the nearest source frame.
+
+    ``episodes`` are MetaDataset items (fixed: drawn once with epoch 0). The baseline copies the source whose
+    landmarks are closest to the target's: what a model that ignores the target pose would do at best.
+    """
+    was_training = embedder.training, generator.training
+    embedder.eval()
+    generator.eval()
+    generated, nearest = [], []
+    for episode in episodes:
+        frames = episode["frames"].to(device).unsqueeze(0)
+        landmarks = episode["landmarks"].to(device).unsqueeze(0)
+        x = frames[0, -1]
+        x_hat = generator(landmarks[:, -1], embedder(frames[:, :-1], landmarks[:, :-1]))[0]
+        distance = (episode["points"][:-1] - episode["points"][-1]).norm(dim=-1).mean(dim=-1)
+        generated.append(float((x_hat - x).abs().mean()))
+        nearest.append(float((frames[0, int(distance.argmin())] - x).abs().mean()))
+    embedder.train(was_training[0])
+    generator.train(was_training[1])
+    return {"val/l1": float(np.mean(generated)), "val/nearest_source_l1": float(np.mean(nearest))}
+
+
+def validation_episodes(cfg: Config, count: int) -> list[dict]:
+    """Fixed episodes of the test split (no flips); empty if the store has no test videos."""
+    try:
+        dataset = MetaDataset(cfg.data.root, "test", cfg.train.k_shots, cfg.model.image_size, 0.0,
+                              cfg.data.landmark_thickness, cfg.train.seed)
+    except (StoreError, ValueError):
+        return []
+    return [dataset[(i % len(dataset), i // len(dataset))] for i in range(count)]
 
 
 def prepare_batch(batch: dict, device: torch.device) -> dict:
@@ -159,6 +194,7 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
         sync_w = distributed.average_sparse_grad if info.enabled else None
 
         reporter = Reporter(run_dir, enabled=info.is_main)
+        val_set = validation_episodes(cfg, cfg.train.val_episodes) if info.is_main and cfg.train.val_every else []
         loader = make_loader(dataset, cfg, info, samples_seen, dev)
         bar = tqdm(total=cfg.train.steps, initial=step, desc="meta-train", disable=not (progress and info.is_main),
                    dynamic_ncols=True)
@@ -190,6 +226,8 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
                                  for i, g in enumerate(o.param_groups)}})
                 reporter.scalars(step, stats)
                 tick, data_time, tick_samples = time.perf_counter(), 0.0, 0
+            if cfg.train.val_every and val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+                reporter.scalars(step, validate(nets["embedder"], nets["generator"], val_set, dev))
             if step % cfg.train.image_every == 0 or step == cfg.train.steps:
                 reporter.image(step, "train/sources_landmarks_generated_real", episode_grid(batch, x_hat))
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:

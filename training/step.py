@@ -66,10 +66,70 @@ def autocast_context(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+def discriminator_phase(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor,
+                        optimizer: torch.optim.Optimizer, step: int, autocast, **projection) -> dict[str, torch.Tensor]:
+    """Hinge loss on real and detached generated frames in one D forward, backward, and D's update.
+
+    ``projection`` selects D's projection vector for both halves: ``video_index`` (B,) rows of W, or ``w``.
+    """
+    b = x.shape[0]
+    doubled = {k: torch.cat([v, v]) for k, v in projection.items()}
+    with autocast:
+        scores, _ = discriminator(torch.cat([x, x_hat.detach()]), torch.cat([y, y]), **doubled)
+    real_scores, fake_scores = scores.float().split(b)
+    terms = hinge_discriminator(real_scores, fake_scores)
+    check_finite(terms, step)
+    optimizer.zero_grad(set_to_none=True)
+    sum(terms.values()).backward()
+    optimizer.step()
+    terms["score_real"], terms["score_fake"] = real_scores.detach().mean(), fake_scores.detach().mean()
+    return terms
+
+
+def generator_phase(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, x_hat: torch.Tensor,
+                    w: torch.Tensor, generator_loss: GeneratorLoss, optimizer: torch.optim.Optimizer, step: int,
+                    autocast, e_hat: torch.Tensor | None = None, w_i: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """The generator's objective through a frozen, unwrapped D (projection ``w`` detached), backward, update.
+
+    One D forward on [x_hat, x] gives the fake scores and both sides' block activations for feature matching.
+    """
+    b = x.shape[0]
+    trunk = [p for name, p in discriminator.named_parameters() if not name.startswith("W.")]
+    for p in trunk:
+        p.requires_grad_(False)
+    try:
+        with autocast:
+            w = w.detach().expand(b, -1)
+            scores, features = discriminator(torch.cat([x_hat, x]), torch.cat([y, y]), w=torch.cat([w, w]))
+            fake_features = [f[:b].float() for f in features]
+            real_features = [f[b:].detach().float() for f in features]
+            terms = generator_loss(x_hat.float(), x, scores[:b].float(), fake_features, real_features,
+                                   None if e_hat is None else e_hat.float(), None if w_i is None else w_i.float())
+        check_finite(terms, step)
+        optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+    finally:
+        for p in trunk:
+            p.requires_grad_(True)
+    optimizer.step()
+    return terms
+
+
+def summarize_terms(d_terms: dict[str, torch.Tensor], g_terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The scalars a step logs: every term, both totals and D's mean scores on real and generated frames."""
+    stats = {f"loss/{name}": float(v.detach()) for name, v in {**d_terms, **g_terms}.items()
+             if not name.startswith("score_")}
+    stats["loss/d_total"] = stats["loss/d_real"] + stats["loss/d_fake"]
+    stats["loss/g_total"] = sum(float(v.detach()) for v in g_terms.values())
+    stats["score/real"], stats["score/fake"] = float(d_terms["score_real"]), float(d_terms["score_fake"])
+    return stats
+
+
 def train_step(batch: dict[str, torch.Tensor], nets: Networks, optimizers: dict[str, torch.optim.Optimizer],
                generator_loss: GeneratorLoss, step: int, amp: str = "none",
                sync_w=None) -> tuple[dict[str, float], torch.Tensor]:
-    """Runs one step on a batch from MetaDataset; returns (logged scalars, x_hat detached).
+    """One meta-learning step on a batch from MetaDataset; returns (logged scalars, x_hat detached).
 
     ``sync_w`` (distributed runs) averages W's sparse gradient across processes before its update.
     """
@@ -77,7 +137,6 @@ def train_step(batch: dict[str, torch.Tensor], nets: Networks, optimizers: dict[
     k = frames.shape[1] - 1
     src_x, src_y = frames[:, :k], landmarks[:, :k]  # B x K x 3 x S x S
     x, y = frames[:, k], landmarks[:, k]  # B x 3 x S x S
-    b = x.shape[0]
     D = nets.discriminator_module
     autocast = autocast_context(x.device, amp)
 
@@ -85,43 +144,15 @@ def train_step(batch: dict[str, torch.Tensor], nets: Networks, optimizers: dict[
         e_hat = nets.embedder(src_x, src_y)  # B x embed_dim
         x_hat = nets.generator(y, e_hat)  # B x 3 x S x S
 
-    # D phase: real and detached fake in one forward (one DDP forward per backward).
-    with autocast:
-        scores, _ = nets.discriminator(torch.cat([x, x_hat.detach()]), torch.cat([y, y]), torch.cat([index, index]))
-    real_scores, fake_scores = scores.float().split(b)
-    d_terms = hinge_discriminator(real_scores, fake_scores)
-    check_finite(d_terms, step)
-    optimizers["discriminator"].zero_grad(set_to_none=True)
+    # W's gradient accumulates over both phases (hinge, then L_MCH) and is applied once at the end.
     optimizers["projection"].zero_grad(set_to_none=True)
-    sum(d_terms.values()).backward()
-    optimizers["discriminator"].step()
-
-    # G phase: D frozen and unwrapped; one forward gives the fake scores and both sides' features.
-    trunk = [p for name, p in D.named_parameters() if not name.startswith("W.")]
-    for p in trunk:
-        p.requires_grad_(False)
-    try:
-        with autocast:
-            w_i = D.W(index)
-            scores_g, features = D(torch.cat([x_hat, x]), torch.cat([y, y]), w=torch.cat([w_i, w_i]).detach())
-            fake_features = [f[:b].float() for f in features]
-            real_features = [f[b:].detach().float() for f in features]
-            g_terms = generator_loss(x_hat.float(), x, scores_g[:b].float(), fake_features, real_features,
-                                     e_hat.float(), w_i.float())
-        check_finite(g_terms, step)
-        optimizers["generator"].zero_grad(set_to_none=True)
-        sum(g_terms.values()).backward()
-    finally:
-        for p in trunk:
-            p.requires_grad_(True)
-    optimizers["generator"].step()
+    d_terms = discriminator_phase(nets.discriminator, x, y, x_hat, optimizers["discriminator"], step, autocast,
+                                  video_index=index)
+    with autocast:
+        w_i = D.W(index)
+    g_terms = generator_phase(D, x, y, x_hat, w_i, generator_loss, optimizers["generator"], step, autocast,
+                              e_hat=e_hat, w_i=w_i)
     if sync_w is not None:
         sync_w(D.W.weight)
     optimizers["projection"].step()
-
-    stats = {f"loss/{name}": float(v.detach()) for name, v in {**d_terms, **g_terms}.items()}
-    stats["loss/d_total"] = stats["loss/d_real"] + stats["loss/d_fake"]
-    stats["loss/g_total"] = sum(float(v.detach()) for v in g_terms.values())
-    stats["score/real"] = float(real_scores.detach().mean())
-    stats["score/fake"] = float(fake_scores.detach().mean())
-    return stats, x_hat.detach()
+    return summarize_terms(d_terms, g_terms), x_hat.detach()

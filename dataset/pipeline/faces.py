@@ -13,10 +13,14 @@ Frames without any face keep nothing; the caller drops and counts them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import cv2
 import numpy as np
 
-from dataset.landmarks import Face, crop_and_resize
+from dataset.landmarks import Face, LandmarkDetector, crop_and_resize
+from dataset.pipeline.videos import (IMAGE_SUFFIXES, clip_frame_count, evenly_spaced, natural_key, read_clip_frames,
+                                     read_image)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -66,3 +70,57 @@ def crop_faces(images: Sequence[np.ndarray], faces: Sequence[Face], size: int,
         crops.append(crop)
         points.append(moved.astype(np.float32))
     return crops, np.stack(points) if points else np.zeros((0, 68, 2), np.float32)
+
+
+def read_frames(path: str | Path, max_frames: int | None = None) -> list[np.ndarray]:
+    """RGB uint8 frames of a video file or of a folder of images (natural order); ``max_frames`` evenly spaced."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                       key=lambda p: natural_key(p.name))
+        if not files:
+            raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return [read_image(files[i]) for i in evenly_spaced(len(files), max_frames or 0)]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video file or folder of images")
+    if max_frames:
+        wanted = evenly_spaced(clip_frame_count(path), max_frames)
+        frames = read_clip_frames(path, wanted)
+        frames = [frames[i] for i in wanted if i in frames]
+    else:
+        frames = [image for _, image in sorted(_all_clip_frames(path).items())]
+    if not frames:
+        raise ValueError(f"{path}: cannot decode any frame (is it a video?)")
+    return frames
+
+
+def _all_clip_frames(path: Path) -> dict[int, np.ndarray]:
+    # Read to the end rather than trusting the container's frame count, which is often off by a few.
+    capture = cv2.VideoCapture(str(path))
+    frames: dict[int, np.ndarray] = {}
+    try:
+        while True:
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            frames[len(frames)] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    return frames
+
+
+def read_face_crops(path: str | Path, detector: LandmarkDetector, size: int, max_frames: int | None = None,
+                    scale: float = 1.8) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """The main face of every frame of a video or image folder, cut as the training data is.
+
+    Returns (crops RGB uint8 ``size`` x ``size``, points (N, 68, 2) float32 in crop pixels, number of frames
+    dropped because no face was found). Used by fine-tuning and reenactment so that a new person's frames are
+    preprocessed exactly like the training store (same detector interface, tracking and crop).
+    """
+    frames = read_frames(path, max_frames)
+    faces = choose_main_faces(detector.detect(frames), [f.shape for f in frames])
+    kept = [(frame, face) for frame, face in zip(frames, faces) if face is not None]
+    if not kept:
+        raise ValueError(f"{path}: no face found in any of its {len(frames)} frames")
+    crops, points = crop_faces([f for f, _ in kept], [face for _, face in kept], size, scale)
+    return crops, points, len(frames) - len(kept)
