@@ -145,3 +145,12 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(demo_store, tmp_path):
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), f"{key} differs between ranks"
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run))["step"] == 3
+
+
+def test_bf16_autocast_and_channels_last_train(demo_store, tmp_path):
+    cfg = tiny_config(demo_store, "train.steps=2", "train.amp=bf16", "train.channels_last=true",
+                      "train.deterministic=false")
+    path = meta_train(cfg, tmp_path / "run", progress=False)
+    state = ckpt.load_checkpoint(path)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["networks"]["generator"].values() if v.is_floating_point())
