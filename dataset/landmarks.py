@@ -18,6 +18,7 @@ Nothing is loaded at import time; detectors load their models on the first ``det
 """
 from __future__ import annotations
 
+import abc
 import importlib.util
 import inspect
 import warnings
@@ -198,14 +199,12 @@ class DetectorLoadError(RuntimeError):
     """A landmark backend cannot load its models; the message says what to install or download."""
 
 
-class LandmarkDetector:
-    """Finds faces and their 68 iBUG landmarks in RGB uint8 HxWx3 images.
+class LandmarkDetector(abc.ABC):
+    """Finds faces and their 68 iBUG landmarks in RGB uint8 HxWx3 images (one subclass per backend)."""
 
-    ``detect`` returns, per image, every face found (best score first), or an empty list.
-    """
-
+    @abc.abstractmethod
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        raise NotImplementedError
+        """Per image, every face found (best score first), or an empty list."""
 
 
 class DlibDetector(LandmarkDetector):

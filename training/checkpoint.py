@@ -13,17 +13,16 @@ read from inside the file, never from its name.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from utils.atomic import atomic_file
 
 FORMAT = "talkinghead-checkpoint"
 VERSION = 1
@@ -36,24 +35,9 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically writes ``state`` (plus the format marker) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself survive a power cut
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path) as f:
+        torch.save(payload, f)
     return path
 
 

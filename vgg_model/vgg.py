@@ -15,14 +15,14 @@ Weights come from ``vgg_model/convert_model.py``, which writes a plain
 ``weights_only=True``.
 """
 
-import contextlib
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 
 import torch
 from torch import nn
+
+from utils.atomic import atomic_file
 
 FORMAT_MARKER = "talkinghead-vgg"
 FORMAT_VERSION = 1
@@ -236,26 +236,8 @@ def save_weights(path, arch, source, preprocess, state_dict):
         "state_dict": {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()},
     }
     path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_path)
-        raise
-    if os.name == "posix":
-        # Make the rename itself durable.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_file(path) as f:
+        torch.save(payload, f)
     return path
 
 

@@ -16,19 +16,15 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from utils.atomic import atomic_file
+
 FRAME_INDEX = "frames.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes ``path`` through a temporary file and a rename, so readers see the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_file(path, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
