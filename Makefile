@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so requirements.txt's range is met by it and pulls no other build
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	touch $(STAMP)
 
