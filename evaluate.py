@@ -1,7 +1,8 @@
 """Evaluation with the paper's protocol (Zakharov et al. 2019, Sec. 4): test videos, T shots, hold-out frames.
 
     python evaluate.py --checkpoint runs/vox2/checkpoints/step_X.pt --data vox2_store --out eval/ \\
-        --shots 1 8 32 --videos 50 --holdout 32 [--mode finetune|feedforward] [--inception pt_inception.pth]
+        --shots 1 8 32 --videos 50 --holdout 32 [--mode finetune|feedforward] [--inception pt_inception.pth] \\
+        [--lpips-backbone vgg16-397923af.pth --lpips-linear vgg.pth]
 
 For every test-split video of the store (up to --videos, evenly spread over the split) and every T in --shots:
 ``holdout`` evenly spaced frames are held out, T frames of the rest make the person (fine-tuned, or feed-forward
@@ -12,7 +13,9 @@ as in the paper's quantitative comparison). Metrics per shot count:
     CSIM                cosine similarity of dlib face-recognition embeddings, generated vs real
     AKD                 mean pixel distance between the driving landmarks and landmarks detected on the result
     FID                 with the FID Inception weights from --inception (omitted, with the reason, without them)
-    LPIPS               not computed: its learned weights are not shipped by any installed package
+    LPIPS               VGG LPIPS v0.1 (Zhang et al. 2018) with --lpips-backbone (torchvision's VGG16 ImageNet
+                        weights) and --lpips-linear (the LPIPS project's lpips/weights/v0.1/vgg.pth); omitted,
+                        with the files to pass, without them
 
 Writes OUT/metrics.json, OUT/metrics.csv (one row per shot count), OUT/per_video.csv, OUT/best_worst_T.png
 (rows: landmarks | generated | real, for the best and the worst video by SSIM) and OUT/metrics_vs_shots.png.
@@ -40,7 +43,9 @@ from training.finetune import finetune
 from training.person import Person, load_meta_checkpoint, person_from_frames
 from training.report import image_grid, write_png
 
-METRICS = ("ssim", "psnr", "csim", "akd", "fid")
+METRICS = ("ssim", "psnr", "csim", "akd", "fid", "lpips")
+LPIPS_NOTE = ("not computed: pass --lpips-backbone vgg16-397923af.pth (torchvision's VGG16 ImageNet weights) and "
+              "--lpips-linear vgg.pth (lpips/weights/v0.1/vgg.pth of the LPIPS project)")
 
 
 def split_video(count: int, shots: int, holdout: int) -> tuple[list[int], list[int]]:
@@ -90,6 +95,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         from evaluation.inception import load_fid_inception
 
         inception, fid_note = load_fid_inception(args.inception).to(args.device), "computed"
+    lpips_model, lpips_note = None, LPIPS_NOTE
+    if args.lpips_backbone:
+        from evaluation.lpips import load_lpips
+
+        lpips_model = load_lpips(args.lpips_backbone, args.lpips_linear).to(args.device)
+        lpips_note = "computed: VGG LPIPS v0.1 (Zhang et al. 2018), mean over the held-out frames"
     size = cfg.model.image_size
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +125,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                    "csim": float(metrics.csim(fake, real, embedder).mean()),
                    "akd": _nanmean(metrics.landmark_distance(found, points[held_idx])),
                    "akd_detected": float(np.mean(~np.isnan(found[:, 0, 0])))}
+            if lpips_model is not None:
+                with torch.no_grad():
+                    row["lpips"] = float(lpips_model(fake.to(args.device), real.to(args.device)).mean())
             per_video.append((row, landmarks, fake, real))
             rows.append(row)
             reals.append(real)
@@ -125,12 +139,13 @@ def evaluate(args: argparse.Namespace) -> dict:
                                          inception(torch.cat(fakes).to(args.device)).cpu().numpy())
         else:
             agg["fid"] = None
+        agg["lpips"] = _nanmean([r["lpips"] for r, *_ in per_video]) if lpips_model is not None else None
         agg.update({"videos": len(per_video), "frames": int(sum(r["holdout_frames"] for r, *_ in per_video))})
         summary[str(shots)] = agg
         write_png(out / f"best_worst_T{shots}.png", _best_worst_grid(per_video))
     report = {"checkpoint": str(args.checkpoint), "data": str(root), "mode": args.mode, "holdout": args.holdout,
               "per_shots": summary, "fid": fid_note,
-              "lpips": "not computed: LPIPS's learned weights are not available from an installed package",
+              "lpips": lpips_note,
               "akd": f"landmarks detected with the {args.backend} backend on the generated frames"}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     _write_csv(out / "metrics.csv", [{"shots": s, **v} for s, v in summary.items()])
@@ -194,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["finetune", "feedforward"], default="finetune",
                         help="make each person by fine-tuning (paper's FT) or feed-forward through E")
     parser.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    parser.add_argument("--lpips-backbone", metavar="FILE",
+                        help="LPIPS backbone: torchvision's VGG16 ImageNet weights (vgg16-397923af.pth)")
+    parser.add_argument("--lpips-linear", metavar="FILE",
+                        help="LPIPS linear heads: the LPIPS project's lpips/weights/v0.1/vgg.pth")
     parser.add_argument("--backend", choices=BACKENDS, default="dlib", help="landmark backend for AKD")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the checkpoint's config, e.g. finetune.epochs=40")
     args = parser.parse_args(argv)
+    if bool(args.lpips_backbone) != bool(args.lpips_linear):
+        parser.error("LPIPS needs both --lpips-backbone and --lpips-linear (or neither)")
     try:
         report = evaluate(args)
     except (ConfigError, CheckpointError, StoreError, DetectorLoadError, FileNotFoundError, ValueError) as err:
@@ -206,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for shots, values in report["per_shots"].items():
         fid = "n/a" if values["fid"] is None else f"{values['fid']:.1f}"
+        lpips = "n/a" if values["lpips"] is None else f"{values['lpips']:.3f}"
         print(f"T={shots:>3}: SSIM {values['ssim']:.3f}  PSNR {values['psnr']:.2f}  CSIM {values['csim']:.3f}  "
-              f"AKD {values['akd']:.2f}px  FID {fid}  ({values['videos']} videos, {values['frames']} frames)")
+              f"AKD {values['akd']:.2f}px  FID {fid}  LPIPS {lpips}  "
+              f"({values['videos']} videos, {values['frames']} frames)")
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
 
