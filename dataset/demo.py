@@ -3,7 +3,7 @@
     python -m dataset.demo --out data/demo                       # 8 identities x 3 clips x 48 frames, 256x256
     python -m dataset.demo --out data/demo --identities 12 --frames 96 --size 128 --seed 1
 
-The layout follows VoxCeleb2, ``OUT/idXXXXX/VIDEO_ID/NNNNN.mp4`` (one utterance clip per video folder, video
+The layout follows VoxCeleb2, ``OUT/idNNNNN/VIDEO_ID/NNNNN.mp4`` (one utterance clip per video folder, video
 ids unique over the whole set), MPEG-4 Part 2 (``mp4v``) at 25 fps, so the real preprocessing reads it
 unchanged. ``OUT/demo_manifest.json`` lists every identity with its source photo, recipe and clips.
 

@@ -8,7 +8,7 @@ A checkpoint is one ``torch.save`` of plain containers and tensors:
 
 Saving writes a temporary file in the same folder, fsyncs it and renames it over the final name, so a process
 killed mid-save leaves the previous checkpoint intact and never a truncated file under a checkpoint's name.
-Run directories keep the newest ``keep`` checkpoints as ``checkpoints/step_XXXXXXXXX.pt``; the step itself is
+Run directories keep the newest ``keep`` checkpoints as ``checkpoints/step_NNNNNNNNN.pt``; the step itself is
 read from inside the file, never from its name.
 """
 from __future__ import annotations

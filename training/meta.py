@@ -3,7 +3,7 @@
 The run directory holds everything a run produces:
 
     RUN/config.yaml          the resolved config (frozen at the first start; a resume must agree with it)
-    RUN/checkpoints/         step_XXXXXXXXX.pt, the newest train.keep_checkpoints of them
+    RUN/checkpoints/         step_NNNNNNNNN.pt, the newest train.keep_checkpoints of them
     RUN/metrics.jsonl        every logged scalar, one JSON object per line
     RUN/tensorboard/         the same scalars plus image grids (tensorboard --logdir RUN)
     RUN/images/              the image grids as PNG: sources | target landmarks | generated | real

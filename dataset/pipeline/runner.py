@@ -65,7 +65,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="process only shard I of N (stable hash of identity/video); run I=0..N-1 on "
                              "N machines to cover every video exactly once")
     parser.add_argument("--video-depth", type=int, default=2, metavar="D",
-                        help="path depth of a video folder under --root: 2 for idXXXXX/VIDEO_ID (default), "
+                        help="path depth of a video folder under --root: 2 for idNNNNN/VIDEO_ID (default), "
                              "3 for layouts with one folder in between such as NAME/1.6/VIDEO_ID")
 
 

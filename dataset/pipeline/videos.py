@@ -1,6 +1,6 @@
 """Finding the videos of a VoxCeleb-style tree and reading evenly spaced frames from them.
 
-A *video* is a folder at a fixed depth under the root (``idXXXXX/VIDEO_ID`` by default). Everything below it
+A *video* is a folder at a fixed depth under the root (``idNNNNN/VIDEO_ID`` by default). Everything below it
 belongs to that video, however deep: VoxCeleb2's clips ``VIDEO_ID/00001.mp4``, VoxCeleb1's frame folders
 ``VIDEO_ID/<utterance>/<frame>.jpg``, or the flat ``VIDEO_ID/0000.jpg`` folders that ``extract_frames.py`` and
 ``sample_frame.py`` write. Folders and files whose name starts with a dot are ignored: they are the staging

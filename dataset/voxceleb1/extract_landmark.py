@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> RunSummary:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--root", type=Path, required=True,
-                        help="frame folders idXXXXX/VIDEO_ID/*.jpg, or clips idXXXXX/VIDEO_ID/*.mp4")
+                        help="frame folders idNNNNN/VIDEO_ID/*.jpg, or clips idNNNNN/VIDEO_ID/*.mp4")
     parser.add_argument("--out", type=Path, required=True, help="dataset store to write or complete")
     parser.add_argument("--backend", choices=BACKENDS, default="face_alignment",
                         help="landmark detector: face_alignment (the paper's, GPU) or dlib (CPU, offline)")

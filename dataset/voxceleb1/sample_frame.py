@@ -3,10 +3,10 @@
     python dataset/voxceleb1/sample_frame.py --root data/vox1/frames --out data/vox1_frames \\
         --frames-per-video 32 --workers 4 [--shard 0/4] [--video-depth 3]
 
-Input: every image under a video folder belongs to that video, however it is nested (``idXXXXX/VIDEO_ID/
+Input: every image under a video folder belongs to that video, however it is nested (``idNNNNN/VIDEO_ID/
 <utterance>/<frame>.jpg``, or ``VIDEO_ID/<frame>.jpg``); the images are ordered by their path with numbers
 compared as numbers. Layouts with a folder between identity and video (``NAME/1.6/VIDEO_ID/...``) need
-``--video-depth 3``. Output: the layout of ``dataset/voxceleb2/extract_frames.py``, ``OUT/idXXXXX/VIDEO_ID/
+``--video-depth 3``. Output: the layout of ``dataset/voxceleb2/extract_frames.py``, ``OUT/idNNNNN/VIDEO_ID/
 0000.jpg ...`` plus ``frames.json`` mapping each file to the original image. Files are copied byte for byte
 (no re-encoding), so they keep their format.
 
@@ -60,8 +60,8 @@ def sample_frame(root: Path, out: Path, frames_per_video: int = 32, *, workers: 
 def main(argv: list[str] | None = None) -> RunSummary:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--root", type=Path, required=True, help="folder holding idXXXXX/VIDEO_ID/.../*.jpg")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for idXXXXX/VIDEO_ID/NNNN.jpg")
+    parser.add_argument("--root", type=Path, required=True, help="folder holding idNNNNN/VIDEO_ID/.../*.jpg")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for idNNNNN/VIDEO_ID/NNNN.jpg")
     parser.add_argument("--frames-per-video", type=int, default=32,
                         help="evenly spaced frames per video (default 32; 0 = every frame)")
     add_run_arguments(parser)

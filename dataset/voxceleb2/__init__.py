@@ -1,4 +1,4 @@
-"""VoxCeleb2 preprocessing commands (videos as ``idXXXXX/VIDEO_ID/NNNNN.mp4`` clips).
+"""VoxCeleb2 preprocessing commands (videos as ``idNNNNN/VIDEO_ID/NNNNN.mp4`` clips).
 
     python dataset/voxceleb2/clean_data.py --root VOX2/dev/mp4 --report clean.json [--quarantine DIR]
     python dataset/voxceleb2/extract_frames.py --root VOX2/dev/mp4 --out FRAMES --frames-per-video 32

@@ -1,4 +1,4 @@
-"""Finds corrupted clips in a VoxCeleb2-style tree ``ROOT/idXXXXX/VIDEO_ID/NNNNN.mp4``; never deletes anything.
+"""Finds corrupted clips in a VoxCeleb2-style tree ``ROOT/idNNNNN/VIDEO_ID/NNNNN.mp4``; never deletes anything.
 
     python dataset/voxceleb2/clean_data.py --root data/vox2/dev/mp4 --report data/vox2_clean.json --workers 8
     python dataset/voxceleb2/clean_data.py --root data/vox2/dev/mp4 --report data/vox2_clean.json \\
@@ -158,7 +158,7 @@ def clean(root: Path, report: Path, quarantine: Path | None = None, *, workers: 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--root", type=Path, required=True, help="folder holding idXXXXX/VIDEO_ID/NNNNN.mp4")
+    parser.add_argument("--root", type=Path, required=True, help="folder holding idNNNNN/VIDEO_ID/NNNNN.mp4")
     parser.add_argument("--report", type=Path, default=Path("clean_report.json"),
                         help="JSON report to write (default clean_report.json; a shard adds .shard-i-of-n)")
     parser.add_argument("--quarantine", type=Path, default=None,

@@ -3,8 +3,8 @@
     python dataset/voxceleb2/extract_frames.py --root data/vox2/dev/mp4 --out data/vox2_frames \\
         --frames-per-video 32 --workers 8 [--shard 0/4]
 
-Input: ``ROOT/idXXXXX/VIDEO_ID/NNNNN.mp4`` (several clips per video). Output, one folder per video:
-``OUT/idXXXXX/VIDEO_ID/0000.jpg ...`` plus ``frames.json`` mapping each image to its clip and frame number. The
+Input: ``ROOT/idNNNNN/VIDEO_ID/NNNNN.mp4`` (several clips per video). Output, one folder per video:
+``OUT/idNNNNN/VIDEO_ID/0000.jpg ...`` plus ``frames.json`` mapping each image to its clip and frame number. The
 frames are spread over the video as if its clips were played one after another, in proportion to their lengths.
 
 This step is optional: ``dataset/voxceleb1/extract_landmark.py`` also reads the clips directly. It is useful to
@@ -59,8 +59,8 @@ def extract_frames(root: Path, out: Path, frames_per_video: int = 32, *, image_f
 def main(argv: list[str] | None = None) -> RunSummary:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--root", type=Path, required=True, help="folder holding idXXXXX/VIDEO_ID/NNNNN.mp4")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for idXXXXX/VIDEO_ID/NNNN.jpg")
+    parser.add_argument("--root", type=Path, required=True, help="folder holding idNNNNN/VIDEO_ID/NNNNN.mp4")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for idNNNNN/VIDEO_ID/NNNN.jpg")
     parser.add_argument("--frames-per-video", type=int, default=32,
                         help="evenly spaced frames per video, over all its clips (default 32; 0 = every frame)")
     parser.add_argument("--format", dest="image_format", choices=["jpg", "png"], default="jpg",
