@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import ConfigError, apply_overrides
+from config import ConfigError, apply_overrides, config_from_dict
 from dataset.landmarks import BACKENDS, DetectorLoadError, LandmarkDetector, make_detector
 from dataset.pipeline.faces import choose_main_faces
 from dataset.pipeline.videos import evenly_spaced
 from dataset.store import FewShotDataset, StoreError, load_index, read_frames, read_points, read_store_info
-from training.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError, load_checkpoint
 from training.finetune import finetune
-from training.person import Person, load_meta_checkpoint, person_from_frames
+from training.person import Person, networks_from_state, person_from_frames
 from training.report import image_grid, write_png
 
 METRICS = ("ssim", "psnr", "csim", "akd", "fid", "lpips")
@@ -64,10 +64,11 @@ def detect_points(images: list[np.ndarray], detector: LandmarkDetector, min_side
     return np.stack([f.points / factor if f is not None else np.full((68, 2), np.nan, np.float32) for f in faces])
 
 
-def make_person(nets_source, mode: str, cfg, crops, points, device) -> Person:
+def make_person(state: dict, mode: str, cfg, crops, points, device) -> Person:
+    """A person from T frames: feed-forward, or fine-tuned from a fresh copy of the checkpoint's networks."""
     if mode == "feedforward":
-        return person_from_frames(nets_source, crops, points, device)
-    _, nets, _ = load_meta_checkpoint(nets_source)
+        return person_from_frames(state, crops, points, device)
+    nets, _ = networks_from_state(state)
     train = FewShotDataset(crops, points, image_size=cfg.model.image_size,
                            landmark_thickness=cfg.data.landmark_thickness, seed=cfg.train.seed)
     person, _ = finetune(nets, cfg, train, device=device, progress=False)
@@ -77,7 +78,9 @@ def make_person(nets_source, mode: str, cfg, crops, points, device) -> Person:
 def evaluate(args: argparse.Namespace) -> dict:
     from evaluation import metrics
 
-    _, _, cfg = load_meta_checkpoint(args.checkpoint)
+    # Read once: every (video, T) pair builds its own networks from this state.
+    state = load_checkpoint(args.checkpoint, kind="meta_train")
+    cfg = config_from_dict(state["config"])
     cfg = apply_overrides(cfg, args.overrides)
     root = Path(args.data)
     index = load_index(root)
@@ -113,7 +116,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             frames, points = read_frames(folder, encoding, list(range(video["frames"]))), read_points(folder)
             crops = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
             points = points * (size / frames[0].shape[0])
-            person = make_person(args.checkpoint, args.mode, cfg, [crops[i] for i in train_idx], points[train_idx],
+            person = make_person(state, args.mode, cfg, [crops[i] for i in train_idx], points[train_idx],
                                  args.device)
             landmarks = person.draw(points[held_idx])
             fake = person.generate(landmarks)

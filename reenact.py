@@ -90,12 +90,13 @@ def resolve_person(person: str | Path, checkpoint: str | Path | None, detector: 
     if checkpoint is None:
         raise ReenactError(f"{person} holds frames of a person: give --checkpoint (a meta-training checkpoint) to "
                            "embed them, or pass a person file from finetune.py")
-    size = load_checkpoint(checkpoint, kind="meta_train")["config"]["model"]["image_size"]
+    state = load_checkpoint(checkpoint, kind="meta_train")  # read once: its size, then its networks
+    size = state["config"]["model"]["image_size"]
     try:
         crops, points, _ = read_face_crops(person, detector, size, max_frames=max_frames)
     except ValueError as err:
         raise ReenactError(f"cannot use the person frames: {err}") from None
-    return person_from_frames(checkpoint, crops, points, device=device, identity=person.stem)
+    return person_from_frames(state, crops, points, device=device, identity=person.stem)
 
 
 def format_summary(summary: dict) -> str:

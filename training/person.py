@@ -75,15 +75,25 @@ def load_person(path: str | Path, device: str | torch.device = "cpu") -> Person:
                   size, scaled_thickness(state["landmark_thickness"], size), state["identity"])
 
 
-def load_meta_checkpoint(path: str | Path) -> tuple[dict, dict[str, nn.Module], object]:
-    """A meta-training checkpoint's state, its networks with weights loaded (CPU, eval) and its config."""
-    state = ckpt.load_checkpoint(path, kind="meta_train")
+def networks_from_state(state: dict, source: str = "checkpoint") -> tuple[dict[str, nn.Module], object]:
+    """Fresh networks (CPU, eval) with the weights of an already-read meta-training checkpoint, and its config.
+
+    Callers that need several independent copies (one fine-tuning per evaluated video) read the file once and
+    call this per copy.
+    """
     cfg = config_from_dict(state["config"])
     nets = build_networks(cfg.model)
-    ckpt.check_architecture(state["config"]["model"], to_dict(cfg)["model"], state["networks"], nets, str(path))
+    ckpt.check_architecture(state["config"]["model"], to_dict(cfg)["model"], state["networks"], nets, source)
     for name, net in nets.items():
         net.load_state_dict(state["networks"][name])
         net.eval()
+    return nets, cfg
+
+
+def load_meta_checkpoint(path: str | Path) -> tuple[dict, dict[str, nn.Module], object]:
+    """A meta-training checkpoint's state, its networks with weights loaded (CPU, eval) and its config."""
+    state = ckpt.load_checkpoint(path, kind="meta_train")
+    nets, cfg = networks_from_state(state, str(path))
     return state, nets, cfg
 
 
@@ -95,10 +105,14 @@ def embed_person(embedder: nn.Module, frames: torch.Tensor, landmarks: torch.Ten
     return total / frames.shape[0]
 
 
-def person_from_frames(checkpoint: str | Path, crops: list[np.ndarray], points: np.ndarray,
+def person_from_frames(checkpoint: str | Path | dict, crops: list[np.ndarray], points: np.ndarray,
                        device: str | torch.device = "cpu", identity: str = "") -> Person:
-    """Feed-forward mode: psi = P E(frames) from a meta-training checkpoint, no fine-tuning."""
-    _, nets, cfg = load_meta_checkpoint(checkpoint)
+    """Feed-forward mode: psi = P E(frames) from a meta-training checkpoint (a path, or its already-read state),
+    no fine-tuning."""
+    if isinstance(checkpoint, dict):
+        nets, cfg = networks_from_state(checkpoint)
+    else:
+        _, nets, cfg = load_meta_checkpoint(checkpoint)
     size = cfg.model.image_size
     thickness = scaled_thickness(cfg.data.landmark_thickness, size)
     points = np.asarray(points, np.float32)
