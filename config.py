@@ -73,12 +73,46 @@ class DiscriminatorConfig:
     sparse_w: bool = True
 
 
+# --------------------------------------------------------------------------------------------------------------
+# HeadGAN (Doukas et al. 2021): one-shot reenactment from 3D face renders (NMFC) and audio. See model/headgan.py.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadGANConfig:
+    """Flow + rendering generator, multi-scale and mouth discriminators (SPEC section 2)."""
+
+    # Base channels of the generator's encoders/decoders (paper: 32); doubled per level up to max_channels.
+    ngf: int = 32
+    max_channels: int = 256
+    # Down-sampling levels of the flow and rendering encoders (256 -> 16 with 4); features are warped per level.
+    levels: int = 4
+    # SPADE residual blocks at the bottleneck of each decoder.
+    bottleneck_blocks: int = 2
+    # Base channels, strided layers and scales (1/1, 1/2, ...) of the multi-scale patch discriminators.
+    ndf: int = 64
+    d_layers: int = 4
+    d_scales: int = 2
+    # Mouth discriminator on a square crop centred on the mouth: side at 256x256 (scaled with image_size);
+    # base channels; 0 channels switches it off.
+    mouth_size: int = 64
+    mouth_ndf: int = 32
+    # Audio conditioning (AdaIN in the rendering network, projection in the mouth discriminator).
+    # Per-frame features are log-mel windows (audio_mels x audio_window), written by dataset/audio.py.
+    audio: bool = True
+    audio_mels: int = 40
+    audio_window: int = 8
+    # Size of the audio embedding that drives AdaIN.
+    audio_dim: int = 128
+
+
 @dataclass
 class ModelConfig:
     """Which model family to build and its networks' shapes."""
 
-    # Model family; "talking_head" is Zakharov et al. 2019. HeadGAN lives beside it under model/.
-    family: Literal["talking_head"] = "talking_head"
+    # Model family: "talking_head" is Zakharov et al. 2019 (the embedder/generator/discriminator sections);
+    # "headgan" is Doukas et al. 2021 (the headgan section).
+    family: Literal["talking_head", "headgan"] = "talking_head"
     # Training and generated image resolution (square); every table must reduce it to a whole size.
     image_size: int = 256
     # Size of the embedding e_hat, of D's projection vectors W_i and w0.
@@ -90,6 +124,7 @@ class ModelConfig:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    headgan: HeadGANConfig = field(default_factory=HeadGANConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,6 +144,8 @@ class LossConfig:
     vggface_weight: float = 2e-3
     # Layers (Caffe names) compared by each content term: the paper's conv1_1 ... conv5_1, after ReLU.
     vgg19_layers: list[str] = field(default_factory=lambda: list(VGG_LAYERS))
+    # Per-layer factors of the VGG19 term (empty: all 1). HeadGAN / pix2pixHD: [1/32, 1/16, 1/8, 1/4, 1].
+    vgg19_layer_weights: list[float] = field(default_factory=list)
     vggface_layers: list[str] = field(default_factory=lambda: list(VGG_LAYERS))
     # Converted weight files (python vgg_model/convert_model.py ...); relative paths are taken from the cwd.
     vgg19_path: str = "weights/vgg19.pt"
@@ -125,8 +162,15 @@ class LossConfig:
     feature_matching_weight: float = 10.0
     # Embedding match L_MCH: L1 between e_hat and the video's W_i (paper v1: 80; later 10).
     embedding_match_weight: float = 80.0
+    # HeadGAN only: L1 between the reference warped by the flow network and the real frame, and the mouth
+    # discriminator's adversarial term (its feature matching is weighted by feature_matching_weight).
+    warp_l1_weight: float = 0.0
+    mouth_adversarial_weight: float = 1.0
 
     def __post_init__(self):
+        if self.vgg19_layer_weights and len(self.vgg19_layer_weights) != len(self.vgg19_layers):
+            raise ConfigError(f"loss.vgg19_layer_weights has {len(self.vgg19_layer_weights)} entries for "
+                              f"{len(self.vgg19_layers)} loss.vgg19_layers")
         if self.missing_weights == "pixel_l1" and self.pixel_l1_weight <= 0:
             raise ConfigError("loss.missing_weights=pixel_l1 needs loss.pixel_l1_weight > 0, "
                               "or the fallback would train without any reconstruction term")
