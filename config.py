@@ -98,10 +98,11 @@ class HeadGANConfig:
     mouth_size: int = 64
     mouth_ndf: int = 32
     # Audio conditioning (AdaIN in the rendering network, projection in the mouth discriminator).
-    # Per-frame features are log-mel windows (audio_mels x audio_window), written by dataset/audio.py.
+    # Per-frame features are log-mel windows (audio_mels bands x audio_window 10 ms hops centred on the frame),
+    # written by dataset/audio.py.
     audio: bool = True
     audio_mels: int = 40
-    audio_window: int = 8
+    audio_window: int = 16
     # Size of the audio embedding that drives AdaIN.
     audio_dim: int = 128
 

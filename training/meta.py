@@ -63,11 +63,12 @@ def _collate(items: list[dict]) -> dict:
     return out
 
 
-def make_loader(dataset, cfg: Config, info: distributed.DistInfo, start: int, device: torch.device) -> DataLoader:
+def make_loader(dataset, cfg: Config, info: distributed.DistInfo, start: int, device: torch.device,
+                collate=_collate) -> DataLoader:
     sampler = EpisodeSampler(len(dataset), cfg.train.seed, info.rank, info.world_size, start)
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=_collate, pin_memory=device.type == "cuda", drop_last=True,
+                      collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
@@ -137,9 +138,77 @@ def _set_determinism(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+class TalkingHeadTrainer:
+    """What the loop needs to know about one model family: here Zakharov et al. 2019 (E, G and D with W).
+
+    ``meta_train`` is family-agnostic; ``training/headgan_train.py`` implements the same methods for HeadGAN.
+    """
+
+    image_tag = "train/sources_landmarks_generated_real"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def dataset(self) -> MetaDataset:
+        c = self.cfg
+        return MetaDataset(c.data.root, "train", c.train.k_shots, c.model.image_size, c.data.flip_prob,
+                           c.data.landmark_thickness, c.train.seed, as_uint8=True)
+
+    def configure(self, cfg: Config, dataset: MetaDataset) -> Config:
+        """W has one row per training video: the dataset decides, the preset only predicted it."""
+        self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, discriminator=dataclasses.replace(cfg.model.discriminator, num_videos=dataset.num_videos)))
+        return self.cfg
+
+    collate = staticmethod(_collate)
+
+    def optimizers(self, nets: dict) -> dict:
+        return build_optimizers(nets["embedder"], nets["generator"], nets["discriminator"], self.cfg)
+
+    def loss(self, content: dict) -> torch.nn.Module:
+        return GeneratorLoss(self.cfg.loss, content)
+
+    def wrap(self, nets: dict, info: distributed.DistInfo, dev: torch.device) -> None:
+        """DDP (W kept out of it: its sparse rows are averaged by hand) and optional torch.compile."""
+        if info.enabled:
+            distributed.broadcast_parameters(nets["discriminator"].W)
+        wrapped = {
+            "embedder": distributed.wrap(nets["embedder"], info, dev),
+            "generator": distributed.wrap(nets["generator"], info, dev),
+            "discriminator": distributed.wrap(nets["discriminator"], info, dev, ignore=("W.weight",)),
+        }
+        if self.cfg.train.compile:
+            wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
+        self.networks = Networks(wrapped["embedder"], wrapped["generator"], wrapped["discriminator"],
+                                 nets["discriminator"])
+        self.sync_w = distributed.average_sparse_grad if info.enabled else None
+
+    def step(self, batch: dict, optimizers: dict, loss: torch.nn.Module, step: int) -> tuple[dict, torch.Tensor]:
+        return train_step(batch, self.networks, optimizers, loss, step, self.cfg.train.amp, self.sync_w)
+
+    prepare = staticmethod(prepare_batch)
+
+    def validation_set(self, count: int) -> list[dict]:
+        return validation_episodes(self.cfg, count)
+
+    def validate(self, nets: dict, episodes: list[dict], dev: torch.device) -> dict[str, float]:
+        return validate(nets["embedder"], nets["generator"], episodes, dev)
+
+    def grid(self, batch: dict, output: torch.Tensor) -> np.ndarray:
+        return episode_grid(batch, output)
+
+
+def make_trainer(cfg: Config):
+    """The trainer of ``cfg.model.family``."""
+    if cfg.model.family == "headgan":
+        from training.headgan_train import HeadGANTrainer
+        return HeadGANTrainer(cfg)
+    return TalkingHeadTrainer(cfg)
+
+
 def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = "cpu",
                progress: bool = True) -> Path:
-    """Trains until ``train.steps``; returns the path of the final checkpoint."""
+    """Trains the config's model family until ``train.steps``; returns the path of the final checkpoint."""
 
     run_dir = Path(run_dir)
     info, dev = distributed.init_distributed(torch.device(device))
@@ -149,14 +218,12 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
             raise ValueError("data.root is not set: pass --set data.root=DIR (a store written by "
                              "dataset/voxceleb1/extract_landmark.py)")
         _set_determinism(cfg)
-        dataset = MetaDataset(cfg.data.root, "train", cfg.train.k_shots, cfg.model.image_size,
-                              cfg.data.flip_prob, cfg.data.landmark_thickness, cfg.train.seed, as_uint8=True)
-        # W has one row per training video: the dataset decides, the preset only predicted it.
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, discriminator=dataclasses.replace(cfg.model.discriminator, num_videos=dataset.num_videos)))
+        trainer = make_trainer(cfg)
+        dataset = trainer.dataset()
+        cfg = trainer.configure(cfg, dataset)
 
         nets = build_networks(cfg.model)
-        optimizers = build_optimizers(nets["embedder"], nets["generator"], nets["discriminator"], cfg)
+        optimizers = trainer.optimizers(nets)
         step, samples_seen = 0, 0
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, kind="meta_train")
@@ -178,26 +245,14 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
         for opt in optimizers.values():
             _optimizer_to(opt, dev)
         content = {k: v.to(dev, memory_format=memory_format) for k, v in load_content_networks(cfg.loss).items()}
-        generator_loss = GeneratorLoss(cfg.loss, content)
-
-        if info.enabled:
-            distributed.broadcast_parameters(nets["discriminator"].W)
-        wrapped = {
-            "embedder": distributed.wrap(nets["embedder"], info, dev),
-            "generator": distributed.wrap(nets["generator"], info, dev),
-            "discriminator": distributed.wrap(nets["discriminator"], info, dev, ignore=("W.weight",)),
-        }
-        if cfg.train.compile:
-            wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
-        networks = Networks(wrapped["embedder"], wrapped["generator"], wrapped["discriminator"],
-                            nets["discriminator"])
-        sync_w = distributed.average_sparse_grad if info.enabled else None
+        loss = trainer.loss(content)
+        trainer.wrap(nets, info, dev)
 
         reporter = Reporter(run_dir, enabled=info.is_main)
-        val_set = validation_episodes(cfg, cfg.train.val_episodes) if info.is_main and cfg.train.val_every else []
-        loader = make_loader(dataset, cfg, info, samples_seen, dev)
-        bar = tqdm(total=cfg.train.steps, initial=step, desc="meta-train", disable=not (progress and info.is_main),
-                   dynamic_ncols=True)
+        val_set = trainer.validation_set(cfg.train.val_episodes) if info.is_main and cfg.train.val_every else []
+        loader = make_loader(dataset, cfg, info, samples_seen, dev, trainer.collate)
+        bar = tqdm(total=cfg.train.steps, initial=step, desc=f"meta-train ({cfg.model.family})",
+                   disable=not (progress and info.is_main), dynamic_ncols=True)
 
         def training_state() -> dict:
             return {"kind": "meta_train", "config": to_dict(cfg),
@@ -210,9 +265,9 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
         batches = iter(loader)
         while step < cfg.train.steps:
             t0 = time.perf_counter()
-            batch = prepare_batch(next(batches), dev)
+            batch = trainer.prepare(next(batches), dev)
             data_time += time.perf_counter() - t0
-            stats, x_hat = train_step(batch, networks, optimizers, generator_loss, step, cfg.train.amp, sync_w)
+            stats, output = trainer.step(batch, optimizers, loss, step)
             step += 1
             samples_seen += cfg.train.batch_size
             tick_samples += cfg.train.batch_size * info.world_size
@@ -227,9 +282,9 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
                 reporter.scalars(step, stats)
                 tick, data_time, tick_samples = time.perf_counter(), 0.0, 0
             if cfg.train.val_every and val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-                reporter.scalars(step, validate(nets["embedder"], nets["generator"], val_set, dev))
+                reporter.scalars(step, trainer.validate(nets, val_set, dev))
             if step % cfg.train.image_every == 0 or step == cfg.train.steps:
-                reporter.image(step, "train/sources_landmarks_generated_real", episode_grid(batch, x_hat))
+                reporter.image(step, trainer.image_tag, trainer.grid(batch, output))
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 if info.is_main:
                     last_path = ckpt.save_run_checkpoint(run_dir, step, training_state(), cfg.train.keep_checkpoints)
