@@ -15,7 +15,15 @@ moved onto the person's face (``inference/adapt.py``: the driver's expression an
 shape) unless ``--no-adapt`` asks for them as they are (the driver is the person). G renders them in batches.
 
 The output is an H.264 mp4 that browsers play, written atomically, one row of three panels per frame:
-driver crop | driver landmarks as the generator saw them (adapted, drawn) | generated frame.
+driver crop | driver landmarks as the generator saw them (adapted, drawn) | generated frame, with the driver's
+audio track when it has one.
+
+A HeadGAN checkpoint (``model.family: headgan``) is one-shot: the person is one image (or frame
+``--reference-frame`` of a video or folder), the driver's 3D face (expression and head motion on the person's
+identity) and audio drive it, and the middle panel is the NMFC render (``inference/headgan.py``):
+
+    python reenact.py --person photo.jpg --checkpoint runs/headgan/checkpoints/step_000000800.pt \
+        --driver driver.mp4 --out out.mp4
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from tqdm import tqdm
 from dataset.landmarks import BACKENDS, DetectorLoadError, LandmarkDetector, make_detector
 from dataset.pipeline.faces import read_face_crops
 from inference.adapt import REFERENCES, adapt_landmarks
-from inference.video import H264Writer, track_driver
+from inference.video import H264Writer, to_uint8, track_driver
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.person import Person, load_person, person_from_frames
 
@@ -52,7 +60,7 @@ def reenact(person: Person, driver_path: str | Path, out_path: str | Path, detec
     start = time.perf_counter()
     track = track_driver(driver_path, detector, person.image_size, progress=progress)
     points = adapt_landmarks(track.points, person.reference_points, reference) if adapt else track.points
-    with H264Writer(out_path, fps=track.fps) as writer, \
+    with H264Writer(out_path, fps=track.fps, audio_from=driver_path) as writer, \
             tqdm(total=len(points), desc="reenact", unit="frame", disable=not progress, dynamic_ncols=True) as bar:
         for begin in range(0, len(points), batch_size):
             end = begin + batch_size
@@ -67,15 +75,10 @@ def reenact(person: Person, driver_path: str | Path, out_path: str | Path, detec
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, S, S) images in [-1, 1] -> (N, S, S, 3) RGB uint8."""
-    scaled = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def resolve_person(person: str | Path, checkpoint: str | Path | None, detector: LandmarkDetector,
+def resolve_person(person: str | Path, checkpoint: str | Path | dict | None, detector: LandmarkDetector,
                    device: str = "cpu", max_frames: int = 32) -> Person:
-    """A person file, or frames of the person turned into a Person by a meta-training checkpoint (feed-forward).
+    """A person file, or frames of the person turned into a Person by a meta-training checkpoint (feed-forward;
+    ``checkpoint`` is its path or its already-read state).
 
     Raises ReenactError, CheckpointError or FileNotFoundError with a message for the user.
     """
@@ -90,7 +93,8 @@ def resolve_person(person: str | Path, checkpoint: str | Path | None, detector: 
     if checkpoint is None:
         raise ReenactError(f"{person} holds frames of a person: give --checkpoint (a meta-training checkpoint) to "
                            "embed them, or pass a person file from finetune.py")
-    state = load_checkpoint(checkpoint, kind="meta_train")  # read once: its size, then its networks
+    # read once: its size, then its networks
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, kind="meta_train")
     size = state["config"]["model"]["image_size"]
     try:
         crops, points, _ = read_face_crops(person, detector, size, max_frames=max_frames)
@@ -126,14 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="frames per generator call")
     parser.add_argument("--person-frames", type=int, default=32,
                         help="at most this many evenly spaced person frames are embedded (feed-forward mode)")
+    headgan = parser.add_argument_group("HeadGAN checkpoints (one-shot: the person is one reference image)")
+    headgan.add_argument("--reference-frame", type=int, default=0,
+                         help="frame of a person video / image folder used as the reference image")
+    headgan.add_argument("--mesh-backend", default="mediapipe", help="3D face backend (dataset/face3d/backends.py)")
+    headgan.add_argument("--no-audio", action="store_true", help="ignore the driver's audio track")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.person_frames < 1:
         parser.error("--batch-size and --person-frames must be at least 1")
     try:
         if not Path(args.driver).exists():  # before the person, which may take a while to load or embed
             raise FileNotFoundError(f"driver not found: {args.driver}")
+        state = None
+        if args.checkpoint is not None and not Path(args.person).suffix == PERSON_SUFFIX:
+            state = load_checkpoint(args.checkpoint, kind="meta_train")
         detector = make_detector(args.backend, device=args.device)
-        person = resolve_person(args.person, args.checkpoint, detector, args.device, args.person_frames)
+        if state is not None and state["config"]["model"].get("family") == "headgan":
+            summary = reenact_headgan_command(args, state, detector)
+            print(format_headgan_summary(summary))
+            return 0
+        person = resolve_person(args.person, state if state is not None else args.checkpoint, detector,
+                                args.device, args.person_frames)
         summary = reenact(person, args.driver, args.out, detector, adapt=not args.no_adapt,
                           batch_size=args.batch_size, reference=args.reference)
     except (CheckpointError, DetectorLoadError, FileNotFoundError, ValueError) as err:  # ValueError: ReenactError too
@@ -141,6 +158,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_summary(summary))
     return 0
+
+
+def reenact_headgan_command(args: argparse.Namespace, state: dict, detector: LandmarkDetector) -> dict:
+    """HeadGAN (one-shot): the person is one reference image (or frame --reference-frame of a video/folder)."""
+    from dataset.face3d.backends import make_mesh_detector
+    from inference.headgan import headgan_person, reenact_headgan
+
+    mesh_detector = make_mesh_detector(args.mesh_backend)
+    person = headgan_person(state, args.person, detector, mesh_detector, args.device, args.reference_frame)
+    return reenact_headgan(person, args.driver, args.out, detector, mesh_detector, adapt=not args.no_adapt,
+                           audio=not args.no_audio, batch_size=args.batch_size)
+
+
+def format_headgan_summary(summary: dict) -> str:
+    face = "the driver's expression and motion on the person's face" if summary["adapted"] else "the driver's face"
+    return (f"wrote {summary['out']}: {summary['frames']} frames at {summary['fps']:.2f} fps, "
+            f"{summary['size'][0]}x{summary['size'][1]} (driver | NMFC render | generated), {face}, "
+            f"audio {'on' if summary['audio'] else 'off'}; {summary['no_face_frames']} frames without a face, "
+            f"{summary['no_mesh_frames']} without a 3D face; {summary['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

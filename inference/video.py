@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from dataset.landmarks import Face, LandmarkDetector, crop_and_resize
@@ -30,6 +31,12 @@ from dataset.pipeline.videos import IMAGE_SUFFIXES, natural_key, read_image
 
 # Frame rate of a folder of images, and of a video whose container does not say (VoxCeleb's rate).
 DEFAULT_FPS = 25.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) images in [-1, 1] -> (N, S, S, 3) RGB uint8, ready for ``H264Writer.write``."""
+    scaled = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class NoFaceError(ValueError):
@@ -161,15 +168,17 @@ class H264Writer:
 
     The file appears under ``path`` when the block ends without an exception; otherwise ffmpeg is stopped and
     the temporary file removed. Odd widths or heights get one black column or row (yuv420p needs even sizes).
-    ``crf`` is x264's constant quality (0 lossless, 18 visually lossless, 23 its default).
+    ``crf`` is x264's constant quality (0 lossless, 18 visually lossless, 23 its default). ``audio_from``: a
+    media file whose first audio stream (if it has one) is muxed in as AAC, e.g. the driver video's voice.
     """
 
-    def __init__(self, path: str | Path, fps: float, crf: int = 18):
+    def __init__(self, path: str | Path, fps: float, crf: int = 18, audio_from: str | Path | None = None):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
         self.fps = fps
         self.crf = crf
+        self.audio_from = Path(audio_from) if audio_from is not None and Path(audio_from).is_file() else None
         self.frames_written = 0
         self._tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}.mp4")
         self._process: subprocess.Popen | None = None
@@ -224,7 +233,9 @@ class H264Writer:
         command = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate),
-            "-i", "-", "-an",
+            "-i", "-",
+            *(["-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac"]
+              if self.audio_from else ["-an"]),
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(self._tmp),
