@@ -18,6 +18,13 @@ a pseudo-yaw that slides the inner face sideways), speech-like mouth opening (lo
 that the face follows them (piecewise-affine warp over a Delaunay mesh of the landmarks, a head ring that
 moves rigidly with the pose, and the fixed image border), and the opened mouth is filled with a dark interior.
 Everything is deterministic given ``--seed``.
+
+Soundtrack: every clip carries a speech-like AAC track (16 kHz mono) made from its own mouth signal, so that the
+audio holds real information about the mouth (HeadGAN's audio conditioning learns from it). A voiced source, a
+harmonic series at the identity's pitch (100-220 Hz, drawn per identity) with a slow intonation, is shaped by
+three formant resonances: the first rises from 300 to 800 Hz as the mouth opens, the second drifts like changing
+vowels. Its loudness follows the opening (silence when closed, frame i's opening held at (i + 0.5) / 25 s as in
+``dataset/audio.py``), with breath noise while the mouth is open and a faint noise floor.
 """
 from __future__ import annotations
 
@@ -40,8 +47,12 @@ MANIFEST_NAME = "demo_manifest.json"
 # Frames are framed a little wider than the preprocessing crop (1.8) so that a later crop around the moving
 # head still finds image content on every side.
 FRAME_SCALE = 2.2
-# Independent random streams under one --seed: identity recipes and clip motions never share numbers.
-RECIPE_STREAM, MOTION_STREAM = 1, 2
+# Independent random streams under one --seed: identity recipes, clip motions and voices never share numbers.
+RECIPE_STREAM, MOTION_STREAM, VOICE_STREAM = 1, 2, 3
+# The soundtrack's sample rate: the rate dataset/audio.py decodes at, so reading it back needs no resampling.
+AUDIO_RATE = 16000
+# The widest mouth opening sample_motion draws, as a fraction of the face height: the soundtrack's full volume.
+MOUTH_OPEN_MAX = 0.11
 
 JAW = np.arange(0, 17)
 BROWS = np.arange(17, 27)
@@ -521,18 +532,66 @@ def _dark_mouth(frame: np.ndarray, points: np.ndarray, mouth: float, face_height
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Soundtrack
+# --------------------------------------------------------------------------------------------------------------
+
+
+def voice_pitch(seed: int, person: int) -> float:
+    """The mean pitch (Hz) of identity ``person``'s voice, 100-220 Hz, drawn from ``seed``."""
+    return float(np.random.default_rng([seed, VOICE_STREAM, person]).uniform(100.0, 220.0))
+
+
+def _resonance(frequency: np.ndarray, centre: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Magnitude response of a resonance (peak 1 at ``centre``, half power ``bandwidth / 2`` either side)."""
+    return 1.0 / np.sqrt(1.0 + ((frequency - centre) / (0.5 * bandwidth)) ** 2)
+
+
+def speech_soundtrack(opening: np.ndarray, pitch_hz: float, rng: np.random.Generator, fps: float = FPS,
+                      sample_rate: int = AUDIO_RATE) -> np.ndarray:
+    """float32 mono samples in [-1, 1] for a clip whose per-frame mouth opening is ``opening`` (0 closed, 1 wide).
+
+    Additive synthesis: harmonics k of the pitch up to 5 kHz, with a -6 dB/octave source tilt, weighted by three
+    formant resonances evaluated at each harmonic's frequency, sample by sample (see the module docstring).
+    """
+    opening = np.clip(np.asarray(opening, np.float64), 0.0, 1.0)
+    count = int(round(len(opening) * sample_rate / fps))
+    seconds = np.arange(count) / sample_rate
+    loudness = np.interp(seconds, (np.arange(len(opening)) + 0.5) / fps, opening)
+    rates, phases = rng.uniform(0.3, 1.5, 2), rng.uniform(0.0, 2 * np.pi, 3)
+    pitch = pitch_hz * (1.0 + 0.08 * np.sin(2 * np.pi * rates[0] * seconds + phases[0])
+                        + 0.04 * np.sin(2 * np.pi * 2.1 * rates[0] * seconds + phases[1]))
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    first = 300.0 + 500.0 * loudness
+    second = 1500.0 + 400.0 * np.sin(2 * np.pi * rates[1] * seconds + phases[2])
+    voiced = np.zeros(count)
+    for k in range(1, int(5000.0 / (1.15 * pitch_hz)) + 1):
+        frequency = k * pitch
+        gain = (_resonance(frequency, first, 90.0) + 0.7 * _resonance(frequency, second, 130.0)
+                + 0.3 * _resonance(frequency, 2600.0, 200.0)) / k
+        voiced += gain * np.sin(k * phase)
+    voiced /= max(np.abs(voiced).max(), 1e-9)
+    breath = 0.04 * loudness * rng.standard_normal(count)
+    floor = 0.002 * rng.standard_normal(count)
+    return np.clip(0.6 * loudness * voiced + breath + floor, -1.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Writing the dataset
 # --------------------------------------------------------------------------------------------------------------
 
 
-def write_clip(path: Path, frames: list[np.ndarray]) -> None:
+def write_clip(path: Path, frames: list[np.ndarray], audio: np.ndarray | None = None,
+               sample_rate: int = AUDIO_RATE) -> None:
     """Write RGB frames as an mp4v clip at 25 fps, atomically: the final name appears only when complete.
 
-    OpenCV picks the container from the file extension, so the temporary file also ends in ``.mp4``; it is
-    hidden (leading dot) and marked ``.partial``, and a rerun deletes leftovers of an interrupted run.
+    With ``audio`` (mono samples in [-1, 1] at ``sample_rate``) the clip gets an AAC track: ffmpeg copies the
+    video stream and adds the audio into a second temporary file. OpenCV picks the container from the file
+    extension, so the temporary files also end in ``.mp4``; they are hidden (leading dot) and marked
+    ``.partial``, and a rerun deletes leftovers of an interrupted run.
     """
     size = frames[0].shape[1], frames[0].shape[0]
     partial = path.with_name(f".{path.stem}.partial.mp4")
+    muxed = path.with_name(f".{path.stem}.muxing.partial.mp4")
     writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), FPS, size)
     try:
         if not writer.isOpened():
@@ -540,10 +599,17 @@ def write_clip(path: Path, frames: list[np.ndarray]) -> None:
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
-        os.replace(partial, path)
+        if audio is None:
+            os.replace(partial, path)
+        else:
+            from dataset.audio import add_audio_track
+
+            add_audio_track(partial, audio, muxed, sample_rate)
+            os.replace(muxed, path)
     finally:
         writer.release()
         partial.unlink(missing_ok=True)
+        muxed.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -578,9 +644,13 @@ def build_demo_dataset(out_dir: str | Path, identities: int = 8, clips_per_ident
                     if base is None:
                         base = make_identity(*framed_sources(size)[recipe.source], recipe)
                     rng = np.random.default_rng([seed, MOTION_STREAM, person, clip])
-                    motion = sample_motion(rng, frames, size, _face_height(base[1]))
+                    face_height = _face_height(base[1])
+                    motion = sample_motion(rng, frames, size, face_height)
+                    audio = speech_soundtrack(motion.mouth / (MOUTH_OPEN_MAX * face_height),
+                                              voice_pitch(seed, person),
+                                              np.random.default_rng([seed, VOICE_STREAM, person, clip]))
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    write_clip(path, render_clip(*base, motion))
+                    write_clip(path, render_clip(*base, motion), audio)
                     written += 1
                 clips.append({"path": path.relative_to(out_dir).as_posix(), "frames": frames})
                 progress.update()
@@ -588,10 +658,12 @@ def build_demo_dataset(out_dir: str | Path, identities: int = 8, clips_per_ident
                 "identity": identity,
                 "source": _SOURCE_NAMES[recipe.source],
                 "recipe": dataclasses.asdict(recipe),
+                "voice_pitch_hz": round(voice_pitch(seed, person), 2),
                 "clips": clips,
             })
     _write_json(out_dir / MANIFEST_NAME, {
-        "fps": FPS, "size": size, "frames_per_clip": frames, "seed": seed, "identities": manifest,
+        "fps": FPS, "size": size, "frames_per_clip": frames, "seed": seed,
+        "audio": {"codec": "aac", "sample_rate": AUDIO_RATE, "channels": 1}, "identities": manifest,
     })
     seconds = time.perf_counter() - started
     print(f"demo data: {identities} identities, {total} clips, {total * frames} frames at {size}x{size} "

@@ -181,3 +181,13 @@ def test_command_line_builds_and_summarises(tmp_path, capsys):
     assert (tmp_path / "id00002" / "demo0004" / "00001.mp4").exists()
     summary = capsys.readouterr().out
     assert "2 identities, 4 clips, 12 frames" in summary and str(tmp_path) in summary
+
+
+def test_every_clip_has_a_soundtrack_as_long_as_its_video(demo_dir, manifest):
+    from dataset.audio import decode_audio
+
+    rate = manifest["audio"]["sample_rate"]
+    for path in clip_paths(demo_dir):
+        samples = decode_audio(path)
+        assert samples is not None and len(samples) == FRAMES * rate // manifest["fps"]
+        assert np.abs(samples).max() > 0.05                      # audible speech, not just the noise floor
