@@ -15,8 +15,15 @@ def build_talking_head(cfg: ModelConfig) -> dict[str, nn.Module]:
     return {"embedder": Embedder(cfg), "generator": Generator(cfg), "discriminator": Discriminator(cfg)}
 
 
-# One builder per model family; a family returns its networks by name (HeadGAN registers here too).
-FAMILIES = {"talking_head": build_talking_head}
+def build_headgan(cfg: ModelConfig) -> dict[str, nn.Module]:
+    """Generator (flow + rendering network), multi-scale and mouth discriminators of Doukas et al. 2021."""
+    from model.headgan import build_headgan as build
+
+    return build(cfg)
+
+
+# One builder per model family; a family returns its networks by name.
+FAMILIES = {"talking_head": build_talking_head, "headgan": build_headgan}
 
 
 def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:

@@ -1,7 +1,8 @@
 """Losses of Zakharov et al. 2019 (Sec. 3.3), as small modules returning named, weighted terms.
 
 Generator side (one backward pass through E and G):
-    content     L1 between VGG19 and VGGFace activations of x_hat and x   (weights loss.vgg19_weight, ...)
+    content     L1 between VGG19 and VGGFace activations of x_hat and x   (weights loss.vgg19_weight, ...;
+                per-layer VGG19 factors loss.vgg19_layer_weights)
     adversarial -D(x_hat)                                                   (loss.adversarial_weight)
     feature_matching  L1 between D's block activations on x and x_hat      (loss.feature_matching_weight)
     embedding_match   L_MCH = L1 between e_hat and W_i                     (loss.embedding_match_weight)
@@ -37,17 +38,27 @@ def feature_matching(real_features: list[torch.Tensor], fake_features: list[torc
 
 
 class ContentLoss(nn.Module):
-    """Perceptual L1 on one VGG network's activations at the configured layers, summed over layers."""
+    """Perceptual L1 on one VGG network's activations at the configured layers, summed over layers.
 
-    def __init__(self, network: nn.Module, layers: list[str], weight: float):
+    ``layer_weights`` (one factor per layer; empty or None: all 1) is pix2pixHD's / HeadGAN's 1/32 ... 1, which
+    keeps the large early activations from drowning the deeper, more semantic layers.
+    """
+
+    def __init__(self, network: nn.Module, layers: list[str], weight: float,
+                 layer_weights: list[float] | None = None):
         super().__init__()
         self.network, self.layers, self.weight = network, list(layers), weight
+        self.layer_weights = list(layer_weights) if layer_weights else [1.0] * len(self.layers)
+        if len(self.layer_weights) != len(self.layers):
+            raise ValueError(f"content loss: {len(self.layer_weights)} layer weights for {len(self.layers)} layers "
+                             f"{self.layers}")
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             real_features = self.network(real, self.layers)
         fake_features = self.network(fake, self.layers)
-        return self.weight * sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features))
+        return self.weight * sum(w * F.l1_loss(f, r)
+                                 for w, f, r in zip(self.layer_weights, fake_features, real_features))
 
 
 def _warn_loudly(message: str) -> None:
@@ -94,7 +105,8 @@ class GeneratorLoss(nn.Module):
         for arch, net in content_networks.items():
             layers = cfg.vgg19_layers if arch == "vgg19" else cfg.vggface_layers
             weight = cfg.vgg19_weight if arch == "vgg19" else cfg.vggface_weight
-            self.content[arch] = ContentLoss(net, layers, weight)
+            self.content[arch] = ContentLoss(net, layers, weight,
+                                             cfg.vgg19_layer_weights if arch == "vgg19" else None)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor, fake_scores: torch.Tensor,
                 fake_features: list[torch.Tensor], real_features: list[torch.Tensor],
