@@ -1,15 +1,20 @@
 """The whole story on built-in demo data, on CPU, in a few minutes: what `make demo` runs.
 
     make demo                                     # or: .venv/bin/python demo.py --out outputs/demo
-    .venv/bin/python demo.py --set train.steps=2000   # longer meta-training, any config field
+    .venv/bin/python demo.py --set train.steps=2000   # longer meta-training, any config field (both presets)
+    .venv/bin/python demo.py --family headgan     # only one model family: talking_head or headgan
 
-1. demo clips: real face photos shipped by installed packages, animated, 8 identities (dataset/demo.py)
+Shared data pipeline:
+1. demo clips with a soundtrack: real face photos shipped by installed packages, animated, 8 identities
 2. cleaning: every clip decoded and checked (dataset/voxceleb2/clean_data.py)
 3. landmarks: dlib detector, face crops, the indexed training store; identity id00008 held out
-4. a grid of frames and landmark images to look at (dataset/inspect.py)
-5. meta-training of E, G and D with the demo preset (meta_train.py)
-6. fine-tuning on the held-out identity (finetune.py)
-7. a reenactment video: the held-out person driven by another identity's clip (reenact.py)
+Few-shot talking heads (Zakharov et al. 2019), preset `demo`:
+4. meta-training of E, G and D (meta_train.py), fine-tuning on the held-out identity (finetune.py) and a
+   reenactment video: the held-out person driven by another identity's clip (reenact.py)
+HeadGAN (Doukas et al. 2021), preset `headgan_demo`:
+5. 3D face fits (MediaPipe Face Mesh) and audio features added to the same store
+6. meta-training of the flow + rendering generator and the discriminators (meta_train.py), and a one-shot
+   reenactment video: one photo of the held-out person driven by another identity's 3D face and voice
 """
 from __future__ import annotations
 
@@ -45,29 +50,43 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", default="outputs/demo", help="where every output goes (default outputs/demo)")
+    parser.add_argument("--family", choices=["both", "talking_head", "headgan"], default="both",
+                        help="which model family's story to run after the shared data pipeline (default both)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of the demo preset, e.g. train.steps=2000")
+                        help="override a field of the demo presets, e.g. train.steps=2000")
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
     cfg = load_config("demo", args.overrides)
+    load_config("headgan_demo", args.overrides)  # a bad override stops here, before any work
 
-    banner("1/7 demo clips")
+    banner("1/6 demo clips (with soundtracks)")
     clips = build_demo_dataset(out / "clips")
-    banner("2/7 cleaning")
+    banner("2/6 cleaning")
     cleaning = clean(clips, out / "clean_report.json")
-    banner("3/7 landmarks and the training store")
+    print(f"clips checked: {cleaning['checked_clips']}, corrupted: {len(cleaning['bad_clips'])}")
+    banner("3/6 landmarks and the training store")
     store = out / "store"
     extract_landmarks(clips, store, backend="dlib", size=cfg.model.image_size, test_identities={HELD_OUT},
                       workers=2)
     write_png(out / "data_grid.png", make_grid(store, videos=8, frames=4))
+    outputs = [("demo clips", clips), ("data grid", out / "data_grid.png")]
+    if args.family in ("both", "talking_head"):
+        outputs += talking_head_story(out, clips, store, args.overrides)
+    if args.family in ("both", "headgan"):
+        outputs += headgan_story(out, clips, store, args.overrides)
+    banner(f"done in {time.time() - start:.0f} s")
+    for what, path in outputs:
+        print(f"{what:<28} {path}")
 
-    banner(f"4/7 meta-training ({cfg.train.steps} steps of the demo preset)")
+
+def talking_head_story(out: Path, clips: Path, store: Path, overrides: list[str]) -> list[tuple[str, object]]:
+    """Meta-training, fine-tuning on the held-out identity and a reenactment video; returns what to show."""
     run = out / "run"
-    cfg = load_config("demo", [f"data.root={store}", *args.overrides])
+    cfg = load_config("demo", [f"data.root={store}", *overrides])
+    banner(f"4/6 talking heads: meta-training ({cfg.train.steps} steps of the demo preset), fine-tuning on "
+           f"{HELD_OUT}, reenactment by {DRIVER}")
     checkpoint = meta_train(cfg, run, resume=latest_checkpoint(run) is not None)
-
-    banner(f"5/7 fine-tuning on the held-out identity {HELD_OUT}")
     detector = make_detector("dlib")
     person_clip = sorted((clips / HELD_OUT).glob("*/*.mp4"))[0]
     crops, points, _ = read_face_crops(person_clip, detector, cfg.model.image_size)
@@ -78,22 +97,41 @@ def main(argv: list[str] | None = None) -> None:
                               FewShotDataset([crops[i] for i in holdout_idx], points[holdout_idx], **kwargs),
                               out_dir=out / "person", identity=HELD_OUT)
     save_person(out / "person" / "person.pt", person, state["config"]["model"], cfg.data.landmark_thickness)
-
-    banner(f"6/7 reenactment: {HELD_OUT} driven by {DRIVER}")
     driver = sorted((clips / DRIVER).glob("*/*.mp4"))[0]
     video = reenact(person, driver, out / "reenact.mp4", detector)
-
-    banner(f"7/7 done in {time.time() - start:.0f} s")
     b, a = report["before"], report["after"]
-    print(f"clips checked: {cleaning['checked_clips']}, corrupted: {len(cleaning['bad_clips'])}")
     print(f"fine-tuning, reconstruction L1 on held-out frames of {HELD_OUT}: {b['holdout_l1']:.3f} (feed-forward) "
           f"-> {a['holdout_l1']:.3f} (fine-tuned)")
-    for what, path in [("demo clips", clips), ("data grid", out / "data_grid.png"), ("training run", run),
-                       ("  image grids", run / "images"), ("  TensorBoard", f"tensorboard --logdir {run}"),
-                       ("fine-tuned person", out / "person" / "person.pt"),
-                       ("before/after grid", out / "person" / "before_after.png"),
-                       ("reenactment video", video["out"])]:
-        print(f"{what:<20} {path}")
+    return [("talking heads: training run", run), ("  image grids", run / "images"),
+            ("  TensorBoard", f"tensorboard --logdir {run}"),
+            ("  fine-tuned person", out / "person" / "person.pt"),
+            ("  before/after grid", out / "person" / "before_after.png"),
+            ("  reenactment video", video["out"])]
+
+
+def headgan_story(out: Path, clips: Path, store: Path, overrides: list[str]) -> list[tuple[str, object]]:
+    """3D faces and audio into the store, HeadGAN meta-training, a one-shot reenactment video."""
+    from dataset.audio import extract_audio
+    from dataset.face3d.backends import make_mesh_detector
+    from dataset.face3d.extract_mesh import extract_meshes
+    from inference.headgan import headgan_person, reenact_headgan
+    from training.checkpoint import load_checkpoint
+
+    banner("5/6 HeadGAN data: 3D face fits (MediaPipe Face Mesh) and audio features into the store")
+    extract_meshes(store)
+    extract_audio(store, clips)
+    run = out / "headgan_run"
+    cfg = load_config("headgan_demo", [f"data.root={store}", *overrides])
+    banner(f"6/6 HeadGAN: meta-training ({cfg.train.steps} steps of the headgan_demo preset), one-shot "
+           f"reenactment of one photo of {HELD_OUT} by {DRIVER}'s face and voice")
+    checkpoint = meta_train(cfg, run, resume=latest_checkpoint(run) is not None)
+    detector, mesh_detector = make_detector("dlib"), make_mesh_detector("mediapipe")
+    person_clip = sorted((clips / HELD_OUT).glob("*/*.mp4"))[0]
+    person = headgan_person(load_checkpoint(checkpoint, kind="meta_train"), person_clip, detector, mesh_detector)
+    driver = sorted((clips / DRIVER).glob("*/*.mp4"))[0]
+    video = reenact_headgan(person, driver, out / "headgan_reenact.mp4", detector, mesh_detector)
+    return [("HeadGAN: training run", run), ("  image grids", run / "images"),
+            ("  reenactment video", video["out"])]
 
 
 if __name__ == "__main__":

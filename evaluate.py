@@ -19,6 +19,10 @@ as in the paper's quantitative comparison). Metrics per shot count:
 
 Writes OUT/metrics.json, OUT/metrics.csv (one row per shot count), OUT/per_video.csv, OUT/best_worst_T.png
 (rows: landmarks | generated | real, for the best and the worst video by SSIM) and OUT/metrics_vs_shots.png.
+
+HeadGAN checkpoints are evaluated one-shot (``--shots 1 --mode feedforward``): the first shot frame is the
+reference image, and each held-out frame is generated from the NMFC render of its own 3D face fit and its audio
+features (self-reenactment); the grids' first column is then the render.
 """
 from __future__ import annotations
 
@@ -75,6 +79,40 @@ def make_person(state: dict, mode: str, cfg, crops, points, device) -> Person:
     return person
 
 
+class HeadGANGenerate:
+    """HeadGAN's side of the protocol (one-shot): the first shot frame is the reference image, and the held-out
+    frames are rendered from the video's own 3D face fit (face3d.npz) and audio features (audio.npy, if any)."""
+
+    def __init__(self, state: dict, cfg, device: str):
+        from inference.headgan import generator_from_state
+
+        self.generator, _ = generator_from_state(state, device)
+        self.cfg, self.device = cfg, device
+
+    @torch.no_grad()
+    def __call__(self, folder: Path, crops: list[np.ndarray], train_idx: list[int], held_idx: list[int],
+                 stored_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from dataset.audio import read_audio_features
+        from dataset.face3d.fit import read_face3d
+        from dataset.face3d.render import render_nmfc
+        from inference.headgan import to_tensor
+
+        size = self.cfg.model.image_size
+        fit = read_face3d(folder)
+        fit = fit.resized(size / stored_size) if size != stored_size else fit
+        reference = train_idx[0]
+        vertices = fit.vertices([reference] + list(held_idx))
+        renders = to_tensor([render_nmfc(v, size) for v in vertices])
+        images = to_tensor([crops[reference]])
+        features = read_audio_features(folder) if self.cfg.model.headgan.audio else None
+        audio = None if features is None else torch.from_numpy(np.asarray(features[held_idx], np.float32))
+        n = len(held_idx)
+        out = self.generator(images.expand(n, -1, -1, -1).to(self.device),
+                             renders[:1].expand(n, -1, -1, -1).to(self.device), renders[1:].to(self.device),
+                             None if audio is None else audio.to(self.device))
+        return renders[1:], out["image"].cpu()
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from evaluation import metrics
 
@@ -82,6 +120,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint, kind="meta_train")
     cfg = config_from_dict(state["config"])
     cfg = apply_overrides(cfg, args.overrides)
+    headgan = None
+    if args.mode is None:
+        args.mode = "feedforward" if cfg.model.family == "headgan" else "finetune"
+    if cfg.model.family == "headgan":
+        if args.mode == "finetune":
+            raise ValueError("HeadGAN is evaluated one-shot and feed-forward: pass --mode feedforward --shots 1")
+        if args.shots != [1]:
+            raise ValueError(f"HeadGAN is one-shot (one reference image): pass --shots 1, not {args.shots}")
+        headgan = HeadGANGenerate(state, cfg, args.device)
     root = Path(args.data)
     index = load_index(root)
     encoding = read_store_info(root)["encoding"]
@@ -116,10 +163,13 @@ def evaluate(args: argparse.Namespace) -> dict:
             frames, points = read_frames(folder, encoding, list(range(video["frames"]))), read_points(folder)
             crops = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
             points = points * (size / frames[0].shape[0])
-            person = make_person(state, args.mode, cfg, [crops[i] for i in train_idx], points[train_idx],
-                                 args.device)
-            landmarks = person.draw(points[held_idx])
-            fake = person.generate(landmarks)
+            if headgan is not None:
+                landmarks, fake = headgan(folder, crops, train_idx, held_idx, frames[0].shape[0])
+            else:
+                person = make_person(state, args.mode, cfg, [crops[i] for i in train_idx], points[train_idx],
+                                     args.device)
+                landmarks = person.draw(points[held_idx])
+                fake = person.generate(landmarks)
             real = torch.stack([torch.from_numpy(crops[i]).permute(2, 0, 1).float() / 127.5 - 1 for i in held_idx])
             found = detect_points(metrics.to_uint8(fake), detector)
             row = {"shots": shots, "video": f"{video['identity']}/{video['video']}", "train_frames": len(train_idx),
@@ -209,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 8, 32], help="T values (default 1 8 32)")
     parser.add_argument("--videos", type=int, default=50, help="test videos (default 50)")
     parser.add_argument("--holdout", type=int, default=32, help="hold-out frames per video (default 32)")
-    parser.add_argument("--mode", choices=["finetune", "feedforward"], default="finetune",
-                        help="make each person by fine-tuning (paper's FT) or feed-forward through E")
+    parser.add_argument("--mode", choices=["finetune", "feedforward"], default=None,
+                        help="make each person by fine-tuning (paper's FT) or feed-forward through E (default: "
+                             "finetune; HeadGAN: feedforward, the only mode)")
     parser.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
     parser.add_argument("--lpips-backbone", metavar="FILE",
                         help="LPIPS backbone: torchvision's VGG16 ImageNet weights (vgg16-397923af.pth)")
