@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import LossConfig
-from model.loss import ContentLoss, feature_matching, hinge_discriminator
+from model.loss import content_losses, feature_matching, hinge_discriminator
 
 # One discriminator's output: (scores, [activations]); the multi-scale D gives a list of them.
 DOutput = tuple[torch.Tensor, list[torch.Tensor]]
@@ -41,12 +41,7 @@ class HeadGANLoss(nn.Module):
     def __init__(self, cfg: LossConfig, content_networks: dict[str, nn.Module]):
         super().__init__()
         self.cfg = cfg
-        self.content = nn.ModuleDict()
-        for arch, net in content_networks.items():
-            if arch == "vgg19":
-                self.content[arch] = ContentLoss(net, cfg.vgg19_layers, cfg.vgg19_weight, cfg.vgg19_layer_weights)
-            else:
-                self.content[arch] = ContentLoss(net, cfg.vggface_layers, cfg.vggface_weight)
+        self.content = content_losses(cfg, content_networks)
 
     @property
     def uses_mouth(self) -> bool:

@@ -95,18 +95,24 @@ def load_content_networks(cfg: LossConfig) -> dict[str, nn.Module]:
     return networks
 
 
+def content_losses(cfg: LossConfig, content_networks: dict[str, nn.Module]) -> nn.ModuleDict:
+    """One weighted ContentLoss per loaded perceptual network (``load_content_networks``), keyed by its name."""
+    losses = nn.ModuleDict()
+    for arch, net in content_networks.items():
+        if arch == "vgg19":
+            losses[arch] = ContentLoss(net, cfg.vgg19_layers, cfg.vgg19_weight, cfg.vgg19_layer_weights)
+        else:
+            losses[arch] = ContentLoss(net, cfg.vggface_layers, cfg.vggface_weight)
+    return losses
+
+
 class GeneratorLoss(nn.Module):
     """Every term of E and G's objective, weighted by the config; zero-weight terms are skipped."""
 
     def __init__(self, cfg: LossConfig, content_networks: dict[str, nn.Module]):
         super().__init__()
         self.cfg = cfg
-        self.content = nn.ModuleDict()
-        for arch, net in content_networks.items():
-            layers = cfg.vgg19_layers if arch == "vgg19" else cfg.vggface_layers
-            weight = cfg.vgg19_weight if arch == "vgg19" else cfg.vggface_weight
-            self.content[arch] = ContentLoss(net, layers, weight,
-                                             cfg.vgg19_layer_weights if arch == "vgg19" else None)
+        self.content = content_losses(cfg, content_networks)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor, fake_scores: torch.Tensor,
                 fake_features: list[torch.Tensor], real_features: list[torch.Tensor],
