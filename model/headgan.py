@@ -368,28 +368,36 @@ class HeadGANGenerator(nn.Module):
         # The embedding the AdaIN blocks get for a silent clip (or with audio switched off).
         self.silent = nn.Parameter(torch.zeros(h.audio_dim))
 
-    def embed_audio(self, audio: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def embed_audio(self, audio: torch.Tensor | None, batch: int,
+                    audio_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, audio_dim): the audio encoder's embedding, or the learned constant without audio.
 
-        With ``model.headgan.audio`` false any given audio is ignored: the network has no audio encoder.
+        ``audio_mask`` (B,) bool marks the items that have audio in a batch that mixes clips with and without
+        sound; the others get the constant. With ``model.headgan.audio`` false any given audio is ignored: the
+        network has no audio encoder.
         """
+        silent = self.silent.unsqueeze(0).expand(batch, -1)
         if self.audio_encoder is None or audio is None:
-            return self.silent.unsqueeze(0).expand(batch, -1)
+            return silent
         if audio.shape[0] != batch:
             raise ValueError(f"audio has {audio.shape[0]} items for a batch of {batch} images")
-        return self.audio_encoder(audio)
+        embedded = self.audio_encoder(audio)
+        if audio_mask is None:
+            return embedded
+        return torch.where(audio_mask.to(embedded.device).view(-1, 1), embedded, silent.to(embedded.dtype))
 
     def forward(self, reference: torch.Tensor, reference_render: torch.Tensor, driving_render: torch.Tensor,
-                audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Images (B, 3, S, S) in [-1, 1], audio (B, audio_mels, audio_window) or None ->
-        "image" (B, 3, S, S) in [-1, 1], "warped" (x_r warped by the flow), "flow" (B, 2, S, S), "mask" (B, 1, S, S).
+                audio: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images (B, 3, S, S) in [-1, 1], audio (B, audio_mels, audio_window) or None (and optionally which items
+        have audio, ``audio_mask`` (B,) bool) -> "image" (B, 3, S, S) in [-1, 1], "warped" (x_r warped by the flow),
+        "flow" (B, 2, S, S), "mask" (B, 1, S, S).
         """
         b = reference.shape[0]
         for name, x in (("reference", reference), ("reference_render", reference_render),
                         ("driving_render", driving_render)):
             _check_image(name, x, self.image_size, b)
         flow = self.flow(reference, reference_render, driving_render)
-        image = self.render(driving_render, flow["features"], self.embed_audio(audio, b))
+        image = self.render(driving_render, flow["features"], self.embed_audio(audio, b, audio_mask))
         return {"image": image, "warped": warp(reference, flow["flow"]), "flow": flow["flow"], "mask": flow["mask"]}
 
 

@@ -192,6 +192,20 @@ def test_audio_changes_the_output_only_when_on():
     assert torch.equal(a, b) and torch.equal(a, silent)
 
 
+def test_items_without_audio_in_a_mixed_batch_get_the_silent_embedding():
+    cfg = small_config()
+    batch = make_batch(cfg)
+    torch.manual_seed(0)
+    G = build_networks(cfg.model)["generator"].eval()
+    args = (batch["reference"], batch["reference_render"], batch["driving_render"])
+    mask = torch.tensor([True] + [False] * (batch["audio"].shape[0] - 1))
+    with torch.no_grad():
+        mixed = G(*args, batch["audio"], mask)["image"]
+        heard, silent = G(*args, batch["audio"])["image"], G(*args, None)["image"]
+    torch.testing.assert_close(mixed[:1], heard[:1])
+    torch.testing.assert_close(mixed[1:], silent[1:])
+
+
 def test_mouth_discriminator_audio_projection():
     torch.manual_seed(0)
     cfg = small_config().model

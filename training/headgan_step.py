@@ -77,7 +77,8 @@ def headgan_train_step(batch: dict[str, torch.Tensor | None], nets: HeadGANNetwo
     """One D phase and one G phase on a batch; returns (logged scalars, the generator's outputs detached).
 
     ``batch``: "reference", "reference_render", "driving_render", "target" (B, 3, S, S) in [-1, 1], "audio"
-    (B, audio_mels, audio_window) or None, "mouth" (B, 2) pixel centre (x, y) of the target's mouth.
+    (B, audio_mels, audio_window) or None, optionally "has_audio" (B,) bool (a batch mixing clips with and
+    without sound), "mouth" (B, 2) pixel centre (x, y) of the target's mouth.
     """
     target, render = batch["target"], batch["driving_render"]
     audio = batch.get("audio")
@@ -86,7 +87,8 @@ def headgan_train_step(batch: dict[str, torch.Tensor | None], nets: HeadGANNetwo
     use_mouth = nets.mouth_discriminator is not None and loss.uses_mouth
 
     with autocast:
-        out = nets.generator(batch["reference"], batch["reference_render"], render, audio)
+        out = nets.generator(batch["reference"], batch["reference_render"], render, audio,
+                             None if audio is None else batch.get("has_audio"))
     fake = out["image"]
     if use_mouth:
         size = nets.mouth_module.crop_size

@@ -54,7 +54,7 @@ def validate_headgan(generator: torch.nn.Module, items: list[dict], device: torc
     for item in items:
         batch = prepare_headgan_batch(collate([item]), device)
         out = generator(batch["reference"], batch["reference_render"], batch["driving_render"],
-                        batch_audio(batch, audio))
+                        batch_audio(batch, audio), batch["has_audio"])
         generated.append(float((out["image"] - batch["target"]).abs().mean()))
         copied.append(float((batch["reference"] - batch["target"]).abs().mean()))
     generator.train(was_training)
