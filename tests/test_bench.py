@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +79,89 @@ def test_landmarks_bench_reports_a_backend_that_cannot_load(demo_clips, monkeypa
     video = next(demo_clips.rglob("*.mp4"))
     result = landmarks.main(["--video", str(video), "--backend", "face_alignment", "--frames", "2"])
     assert result["backends"] == [{"backend": "face_alignment", "error": "weights not downloaded"}]
+
+
+# HeadGAN (model.family: headgan): the same scripts through HeadGANTrainer's prepare and step.
+
+HEADGAN_TINY = ["--config", "headgan_demo", "--set", "model.image_size=32"]
+
+
+def _finite_positive(values) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_headgan_train_bench_reports_phases_flops_and_mfu(capsys):
+    result = train.main([*HEADGAN_TINY, "--steps", "2", "--warmup", "1", "--peak-tflops", "1"])
+    assert _printed(capsys) == result
+    assert result["family"] == "headgan" and result["audio"] is True and result["image_size"] == 32
+    assert result["batch_size"] == load_config("headgan_demo").train.batch_size  # the config's, not 8
+    assert "k_shots" not in result and result["data"].startswith("synthetic")
+    per_image = result["gflops_per_image"]
+    assert set(per_image) == {"generator", "discriminator", "mouth_discriminator", "vgg19"}
+    assert _finite_positive(per_image.values())
+    g, d, m, vgg = (per_image[k] for k in ("generator", "discriminator", "mouth_discriminator", "vgg19"))
+    assert result["gflops_per_sample"] == pytest.approx(3 * (g + 4 * d + 4 * m) + 4 * vgg, rel=1e-3)
+    (eager,) = result["modes"].values()
+    assert set(result["modes"]) == {"eager"} and eager["amp"] == "none" and not eager["compile"]
+    assert set(eager["step_ms"]) == {"total", "data", "g_forward", "d_phase", "g_phase"}
+    assert _finite_positive(eager["step_ms"].values())
+    parts = sum(v for k, v in eager["step_ms"].items() if k != "total")
+    assert parts == pytest.approx(eager["step_ms"]["total"], abs=0.05)  # the laps tile the step
+    assert _finite_positive([eager["samples_per_s"], eager["peak_memory_mib"], eager["achieved_tflops"]])
+    assert eager["mfu"] == pytest.approx(eager["achieved_tflops"], rel=1e-2, abs=1e-4)
+    assert eager["content_networks"]["vgg19"].startswith(("random weights", "weights/"))
+
+
+def test_headgan_train_bench_flops_follow_the_loss_config(capsys):
+    result = train.main([*HEADGAN_TINY, "--set", "loss.vgg19_weight=0", "--set", "loss.mouth_adversarial_weight=0",
+                         "--batch-size", "1", "--steps", "1", "--warmup", "0"])
+    per_image = result["gflops_per_image"]
+    assert set(per_image) == {"generator", "discriminator"}  # no perceptual net, no mouth D in the step
+    assert result["gflops_per_sample"] == pytest.approx(
+        3 * (per_image["generator"] + 4 * per_image["discriminator"]), rel=1e-3)
+    eager = result["modes"]["eager"]
+    assert eager["content_networks"] == {} and "mfu" not in eager and result["batch_size"] == 1
+    assert _finite_positive(eager["step_ms"].values())
+
+
+def test_headgan_train_bench_rejects_a_size_the_model_cannot_take(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", "headgan_demo", "--set", "model.image_size=36", "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert "model.image_size=36" in capsys.readouterr().err
+
+
+def test_headgan_inference_bench_reports_fps_and_render_time(capsys):
+    result = inference.main([*HEADGAN_TINY, "--batch-sizes", "1", "3", "--repeats", "1", "--frames", "4"])
+    assert _printed(capsys) == result
+    assert result["family"] == "headgan" and result["image_size"] == 32 and result["audio"] is True
+    assert set(result["generator_fps"]) == {"1", "3"} and _finite_positive(result["generator_fps"].values())
+    render = result["nmfc_render"]
+    assert render["frames"] == 5 and render["triangles"] == 852  # the reference's render and 4 driving ones
+    assert _finite_positive([render["ms_per_frame"], render["fps"], result["generator_params"]])
+
+
+def test_posed_mean_faces_render_a_face_that_moves():
+    size = 64
+    images, seconds = inference.nmfc_renders(inference.posed_mean_faces(3, size), size)
+    assert images.shape == (3, size, size, 3) and images.dtype == np.uint8 and len(seconds) == 3
+    covered = (images.max(axis=3) > 0).mean(axis=(1, 2))
+    assert np.all((covered > 0.15) & (covered < 0.6))  # a face filling part of the crop, not the frame
+    frontal = images[0].max(axis=2) > 0
+    assert abs(int(frontal[:, : size // 2].sum()) - int(frontal[:, size // 2:].sum())) < 0.05 * frontal.sum()
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+
+
+def test_headgan_generate_in_chunks_matches_one_batch():
+    cfg = load_config("headgan_demo", ["model.image_size=32"])
+    h, device = cfg.model.headgan, torch.device("cpu")
+    generator = inference.random_headgan_generator(cfg, device)
+    g = torch.Generator().manual_seed(1)
+    reference, reference_render, renders = (torch.rand(n, 3, 32, 32, generator=g) * 2 - 1 for n in (1, 1, 5))
+    audio = torch.randn(5, h.audio_mels, h.audio_window, generator=g)
+    chunked = inference.headgan_generate(generator, reference, reference_render, renders, audio, 2)
+    with torch.no_grad():
+        whole = generator(reference.expand(5, -1, -1, -1), reference_render.expand(5, -1, -1, -1), renders,
+                          audio)["image"]
+    assert chunked.shape == (5, 3, 32, 32) and chunked.device.type == "cpu"
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
