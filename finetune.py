@@ -39,6 +39,10 @@ def split_shots(count: int, shots: int, holdout: int) -> tuple[list[int], list[i
 
 def run(args: argparse.Namespace) -> dict:
     _, nets, cfg = load_meta_checkpoint(args.checkpoint)
+    if cfg.model.family != "talking_head":
+        raise ValueError(f"{args.checkpoint} is a {cfg.model.family!r} checkpoint; few-shot fine-tuning is for the "
+                         "talking-head family. HeadGAN is one-shot: python reenact.py --person PHOTO "
+                         f"--checkpoint {args.checkpoint} --driver VIDEO --out OUT.mp4")
     cfg = apply_overrides(cfg, args.overrides)
     size = cfg.model.image_size
     detector = make_detector(args.backend, args.device)

@@ -169,6 +169,15 @@ def test_reenact_headgan_errors(trained, demo_clips, tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_finetune_points_headgan_checkpoints_to_one_shot_reenactment(trained, demo_clips, tmp_path, capsys):
+    import finetune as finetune_command
+
+    _, checkpoint, _ = trained
+    person = next((demo_clips / "id00008").glob("*/00001.mp4"))
+    assert finetune_command.main([str(checkpoint), "--frames", str(person), "--out", str(tmp_path / "p")]) == 1
+    assert "one-shot" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
 def test_evaluate_one_shot(trained, headgan_store, tmp_path):
     _, checkpoint, _ = trained
     out = tmp_path / "eval"
