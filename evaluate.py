@@ -98,8 +98,7 @@ class HeadGANGenerate:
         from inference.headgan import to_tensor
 
         size = self.cfg.model.image_size
-        fit = read_face3d(folder)
-        fit = fit.resized(size / stored_size) if size != stored_size else fit
+        fit = read_face3d(folder).resized(size / stored_size)
         reference = train_idx[0]
         vertices = fit.vertices([reference] + list(held_idx))
         renders = to_tensor([render_nmfc(v, size) for v in vertices])

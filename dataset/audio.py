@@ -30,7 +30,8 @@ there.
 and inference (``video_audio_features``) go through it, so training and reenactment see identical features.
 
 In the dataset store (``dataset/store.py``) a video's features are ``videos/IDENTITY/VIDEO/audio.npy``, float16
-(N, N_MELS, WINDOW), row i for stored frame i. ``extract_audio`` fills them: a stored frame's ``meta.json``
+(N, N_MELS, WINDOW), row i for stored frame i. ``extract_audio`` fills them for the videos of the store's
+``index.json`` (as ``dataset/face3d/extract_mesh.py`` does): a stored frame's ``meta.json``
 ``"sources"`` entry names where it came from, and is mapped to a clip under ``--videos`` and a time:
 
 * ``"00001/00017"``: frame 17 of the clip ``00001.mp4`` (stores made from clips, ``sample_frames``);
@@ -433,19 +434,6 @@ def resolve_sources(sources: Sequence[str], folder: Path, frame_index: dict[str,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def stored_units(store_root: Path, videos_root: Path) -> list[VideoUnit]:
-    """One unit per video folder of the store (complete ones: with ``meta.json``), rooted at the clip folder."""
-    videos = Path(store_root) / store.VIDEOS_DIR
-    units = []
-    for identity in sorted(os.listdir(videos)) if videos.is_dir() else []:
-        if identity.startswith(".") or not (videos / identity).is_dir():
-            continue
-        for video in sorted(os.listdir(videos / identity)):
-            if not video.startswith(".") and (videos / identity / video / store.META_FILE).is_file():
-                units.append(VideoUnit(identity, video, str(videos_root)))
-    return units
-
-
 def audio_for_video(unit: VideoUnit, *, store_root: Path, overwrite: bool, frame_folders: Path | None,
                     frames_per_video: int | None, video_depth: int) -> dict:
     """Computes and writes one stored video's ``audio.npy`` (the work function of the run)."""
@@ -453,8 +441,6 @@ def audio_for_video(unit: VideoUnit, *, store_root: Path, overwrite: bool, frame
     if (folder / AUDIO_FILE).is_file() and not overwrite:
         return {"status": "skipped"}
     meta = json.loads((folder / store.META_FILE).read_text())
-    if meta["frames"] == 0:
-        return {"status": "done", "stats": {"videos_without_frames": 1}}
     clips_folder = video_folder(Path(unit.root), unit.identity, unit.video, video_depth)
     frame_index = None
     if frame_folders is not None:
@@ -481,6 +467,7 @@ def extract_audio(store_root: str | Path, videos_root: str | Path, workers: int 
     """Writes ``audio.npy`` for every video of the store (in ``shard``) from its clips; returns the summary."""
     store_root, videos_root = Path(store_root), Path(videos_root)
     store.read_store_info(store_root)
+    store.load_index(store_root)  # a store without index.json stops here with the command that builds it
     if not videos_root.is_dir():
         raise FileNotFoundError(f"clip folder not found: {videos_root}")
     if frame_folders is not None and not Path(frame_folders).is_dir():
@@ -488,7 +475,7 @@ def extract_audio(store_root: str | Path, videos_root: str | Path, workers: int 
     work = functools.partial(audio_for_video, store_root=store_root, overwrite=overwrite,
                              frame_folders=None if frame_folders is None else Path(frame_folders),
                              frames_per_video=frames_per_video, video_depth=video_depth)
-    summary = run_videos(stored_units(store_root, videos_root), work, workers=workers, shard=shard,
+    summary = run_videos(store.indexed_units(store_root, videos_root), work, workers=workers, shard=shard,
                          desc="audio features", failures_path=store_root / f"audio_failures{shard_suffix(shard)}.jsonl")
     print(summary.format())
     return summary

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataset.audio import AUDIO_FILE, read_audio_features
+from dataset.face3d.fit import FACE3D_FILE, FaceFit, read_face3d
+from dataset.face3d.render import render_nmfc
 from dataset.store import StoreError, load_index, read_frames, read_points, resize_sample, to_images_tensor
 
-FACE3D_FILE = "face3d.npz"
-AUDIO_FILE = "audio.npy"
 LIPS = slice(48, 68)
 
 
@@ -77,11 +78,8 @@ class HeadGANDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def read_video(self, index: int) -> tuple[Path, "object", np.ndarray | None]:
+    def read_video(self, index: int) -> tuple[Path, FaceFit, np.ndarray | None]:
         """The folder, 3D face fit and audio features (or None) of video ``index``."""
-        from dataset.audio import read_audio_features
-        from dataset.face3d.fit import read_face3d
-
         path = self.root / self.videos[index][0]
         fit = read_face3d(path)
         features = read_audio_features(path) if self.audio else None
@@ -93,15 +91,12 @@ class HeadGANDataset(Dataset):
     def pair(self, index: int, reference: int, driving: int, loaded: tuple | None = None) -> dict:
         """The item of video ``index`` with the given reference and driving frames (``loaded``: its
         ``read_video`` result, if already read)."""
-        from dataset.face3d.render import render_nmfc
-
         path, fit, features = loaded or self.read_video(index)
         chosen = np.array([reference, driving], np.int64)
         frames = read_frames(path, self.encoding, chosen)
         points = read_points(path)[chosen]
         frames, points = resize_sample(frames, points, self.image_size)
-        factor = self.image_size / self.stored_size
-        vertices = (fit.resized(factor) if factor != 1 else fit).vertices(chosen)
+        vertices = fit.resized(self.image_size / self.stored_size).vertices(chosen)
         renders = [render_nmfc(v, self.image_size) for v in vertices]
         has_audio = features is not None
         audio = features[driving] if has_audio else np.zeros(self.audio_shape, np.float32)

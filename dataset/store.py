@@ -200,6 +200,15 @@ def build_index(root: Path, test_identities: set[str] | None = None,
     return {**header, "videos": entries}
 
 
+def indexed_units(root: Path, units_root: Path | None = None) -> list:
+    """The videos of ``root``'s index as pipeline units (``dataset.pipeline.videos.VideoUnit``) rooted at
+    ``units_root`` (default: the store itself): what commands that add files to a store's videos iterate over."""
+    from dataset.pipeline.videos import VideoUnit
+
+    base = str(units_root if units_root is not None else root)
+    return [VideoUnit(entry["identity"], entry["video"], base) for entry in load_index(root)["videos"]]
+
+
 def load_index(root: Path) -> dict:
     path = Path(root) / INDEX_FILE
     if not path.is_file():

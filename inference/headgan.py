@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from config import Config, config_from_dict
 from dataset.landmarks import LandmarkDetector
-from dataset.pipeline.faces import choose_main_faces, crop_faces, read_frames
-from dataset.pipeline.videos import IMAGE_SUFFIXES, read_image
+from dataset.pipeline.faces import main_face_crops, read_frames
 from inference.video import H264Writer, to_uint8, track_driver
 from training.checkpoint import CheckpointError
 
@@ -82,18 +81,13 @@ def generator_from_state(state: dict, device: str | torch.device = "cpu") -> tup
 def reference_crop(path: str | Path, detector: LandmarkDetector, size: int, frame: int = 0,
                    scale: float = 1.8) -> np.ndarray:
     """The main face of an image file (or of frame ``frame`` of a video / image folder), cut as in training."""
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        images = [read_image(path)]
-    else:
-        images = read_frames(path)
-        if not 0 <= frame < len(images):
-            raise HeadGANInputError(f"{path} has {len(images)} frames; asked for reference frame {frame}")
-        images = images[frame:frame + 1]
-    faces = choose_main_faces(detector.detect(images), [im.shape for im in images])
-    if faces[0] is None:
-        raise HeadGANInputError(f"{path}: no face found in the reference image")
-    crops, _ = crop_faces(images, faces, size, scale)
+    images = read_frames(path)
+    if not 0 <= frame < len(images):
+        raise HeadGANInputError(f"{path} has {len(images)} frames; asked for reference frame {frame}")
+    try:
+        crops, _, _ = main_face_crops(images[frame:frame + 1], detector, size, scale, f"{path} (reference)")
+    except ValueError as err:
+        raise HeadGANInputError(str(err)) from None
     return crops[0]
 
 

@@ -196,6 +196,7 @@ def add_stored_video(root, identity, video, sources):
     info = store.open_store_for_writing(root, 8, "raw")
     frames = [np.zeros((8, 8, 3), np.uint8)] * len(sources)
     store.write_video(root, info, identity, video, frames, np.zeros((len(sources), 68, 2)), {"sources": sources})
+    store.build_index(root)  # as extract_landmark.py does at the end of its run
     return store.video_dir(root, identity, video)
 
 
@@ -309,3 +310,10 @@ def test_demo_clip_loudness_follows_the_mouth_opening(tmp_path):
         # The features a model sees carry the mouth too.
         features = audio.video_audio_features(path)
         assert np.corrcoef(centre_energy(features), motion.mouth)[0, 1] > 0.7
+
+
+def test_a_store_without_its_index_is_a_clear_error(tmp_path):
+    store.open_store_for_writing(tmp_path / "store", 8, "raw")
+    (tmp_path / "clips").mkdir()
+    with pytest.raises(store.StoreError, match="python -m dataset.store index"):
+        audio.extract_audio(tmp_path / "store", tmp_path / "clips")

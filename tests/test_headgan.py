@@ -22,7 +22,7 @@ from dataset.store import StoreError, load_index
 from evaluate import main as evaluate_main
 from model import build_networks
 from test_reenact import read_clip, read_video
-from training.checkpoint import load_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint
 from training.headgan_train import HeadGANTrainer, validate_headgan
 from training.meta import meta_train
 
@@ -127,13 +127,13 @@ def test_demo_training_improves_reconstruction_of_held_out_identity(trained, hea
     assert list((run / "images").glob("*.png"))
 
 
-def test_resume_refuses_a_talking_head_checkpoint_for_headgan(trained, headgan_store, tmp_path):
+def test_resume_refuses_a_headgan_checkpoint_under_a_talking_head_config(trained, headgan_store, tmp_path):
     _, checkpoint, _ = trained
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(checkpoint, run / "checkpoints" / "step_000000001.pt")
     cfg = load_config("demo", [f"data.root={headgan_store}", "data.num_workers=0", "train.steps=2"])
-    with pytest.raises(Exception, match="family"):
+    with pytest.raises(CheckpointError, match="model.family: checkpoint 'headgan'"):
         meta_train(cfg, run, resume=True, progress=False)
 
 

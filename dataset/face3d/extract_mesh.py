@@ -81,10 +81,9 @@ def extract_meshes(store_root: Path, backend: str = "mediapipe", workers: int = 
     """Writes ``face3d.npz`` for every video of the store at ``store_root`` (see the module docstring)."""
     root = Path(store_root)
     info = store.read_store_info(root)
-    index = store.load_index(root)
     if backend not in MESH_BACKENDS:
         raise ValueError(f"unknown mesh backend {backend!r}; valid backends: {', '.join(MESH_BACKENDS)}")
-    units = [VideoUnit(entry["identity"], entry["video"], str(root)) for entry in index["videos"]]
+    units = store.indexed_units(root)
     detector = ready_detector(backend)
     work = functools.partial(process_video, root=root, encoding=info["encoding"], backend=backend,
                              overwrite=overwrite)

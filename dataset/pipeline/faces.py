@@ -73,8 +73,11 @@ def crop_faces(images: Sequence[np.ndarray], faces: Sequence[Face], size: int,
 
 
 def read_frames(path: str | Path, max_frames: int | None = None) -> list[np.ndarray]:
-    """RGB uint8 frames of a video file or of a folder of images (natural order); ``max_frames`` evenly spaced."""
+    """RGB uint8 frames of a video file, of a folder of images (natural order) or of one image file;
+    ``max_frames`` evenly spaced."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [read_image(path)]
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
                        key=lambda p: natural_key(p.name))
@@ -117,10 +120,15 @@ def read_face_crops(path: str | Path, detector: LandmarkDetector, size: int, max
     dropped because no face was found). Used by fine-tuning and reenactment so that a new person's frames are
     preprocessed exactly like the training store (same detector interface, tracking and crop).
     """
-    frames = read_frames(path, max_frames)
+    return main_face_crops(read_frames(path, max_frames), detector, size, scale, str(path))
+
+
+def main_face_crops(frames: list[np.ndarray], detector: LandmarkDetector, size: int, scale: float = 1.8,
+                    name: str = "frames") -> tuple[list[np.ndarray], np.ndarray, int]:
+    """``read_face_crops`` on frames already in memory (``name`` is what an error calls them)."""
     faces = choose_main_faces(detector.detect(frames), [f.shape for f in frames])
     kept = [(frame, face) for frame, face in zip(frames, faces) if face is not None]
     if not kept:
-        raise ValueError(f"{path}: no face found in any of its {len(frames)} frames")
+        raise ValueError(f"{name}: no face found in any of its {len(frames)} frames")
     crops, points = crop_faces([f for f, _ in kept], [face for _, face in kept], size, scale)
     return crops, points, len(frames) - len(kept)
