@@ -27,7 +27,7 @@ from config import Config, config_from_dict
 from dataset.landmarks import LandmarkDetector
 from dataset.pipeline.faces import main_face_crops, read_frames
 from inference.video import H264Writer, to_uint8, track_driver
-from training.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError, inference_weights
 
 class HeadGANInputError(ValueError):
     """The reference image or the driver cannot be used (the message says why)."""
@@ -67,14 +67,15 @@ def to_tensor(images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
 
 
 def generator_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
-    """The HeadGAN generator of a meta-training checkpoint (already read with weights_only), in eval mode."""
+    """The HeadGAN generator of a meta-training checkpoint (already read with weights_only), in eval mode; its
+    moving-average weights when the run kept them (``train.ema_decay``)."""
     from model import build_networks
 
     cfg = config_from_dict(state["config"])
     if cfg.model.family != "headgan":
         raise CheckpointError(f"the checkpoint is a {cfg.model.family!r} model, not HeadGAN")
     nets = build_networks(cfg.model)
-    nets["generator"].load_state_dict(state["networks"]["generator"])
+    nets["generator"].load_state_dict(inference_weights(state)["generator"])
     return nets["generator"].to(device).eval(), cfg
 
 

@@ -13,7 +13,7 @@ import torch
 
 from config import load_config
 from training import checkpoint as ckpt
-from training.meta import EpisodeSampler, meta_train
+from training.meta import EpisodeSampler, WeightAverage, meta_train
 from training.step import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,8 @@ def tiny_config(store, *extra):
 
 def _weights(run_dir):
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir), kind="meta_train")
-    return state["step"], state["networks"], state["optimizers"]
+    return state["step"], {**state["networks"], **{f"ema/{n}": w for n, w in state["ema"].items()}}, \
+        state["optimizers"]
 
 
 def test_resume_is_exact(demo_store, tmp_path):
@@ -42,6 +43,7 @@ def test_resume_is_exact(demo_store, tmp_path):
     step_a, nets_a, opts_a = _weights(straight)
     step_b, nets_b, opts_b = _weights(split)
     assert step_a == step_b == 4
+    assert {"ema/embedder", "ema/generator"} <= set(nets_a)  # the demo preset keeps moving averages of E and G
     for name in nets_a:
         for key, value in nets_a[name].items():
             assert torch.equal(value, nets_b[name][key]), f"{name}.{key} differs after resume"
@@ -51,6 +53,44 @@ def test_resume_is_exact(demo_store, tmp_path):
     assert (straight / "config.yaml").is_file() and (straight / "metrics.jsonl").is_file()
     assert list((straight / "images").glob("*.png")) and list((straight / "tensorboard").iterdir())
     assert len(ckpt.list_checkpoints(straight)) == 2
+
+
+def test_weight_average_warms_up_then_follows_slowly():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    averages = WeightAverage({"generator": net}, ("generator",), decay=0.9)
+    weight = net[0].weight
+    with torch.no_grad():
+        weight.fill_(1.0)
+        net[1].running_mean.fill_(3.0)
+    averages.update(1)  # the first step copies
+    kept = averages.averages["generator"]
+    assert torch.equal(kept[0].weight, weight) and torch.equal(kept[1].running_mean, net[1].running_mean)
+    assert not kept[0].weight.requires_grad and kept[0].weight.data_ptr() != weight.data_ptr()
+    with torch.no_grad():
+        weight.fill_(0.0)
+    averages.update(100)  # decay min(0.9, 99/109) = 0.9
+    assert torch.allclose(kept[0].weight, torch.full_like(weight, 0.9))
+    restored = WeightAverage({"generator": net}, ("generator",), decay=0.9)
+    restored.load_state_dict(averages.state_dict())
+    assert torch.equal(restored.averages["generator"][0].weight, kept[0].weight)
+
+
+def test_inference_uses_the_averages_when_the_run_kept_them(demo_store, tmp_path):
+    from training.person import load_meta_checkpoint
+
+    meta_train(tiny_config(demo_store, "train.steps=3"), tmp_path / "ema", progress=False)
+    state, nets, _ = load_meta_checkpoint(ckpt.latest_checkpoint(tmp_path / "ema"))
+    for name in ("embedder", "generator"):
+        assert all(torch.equal(v, state["ema"][name][k]) for k, v in nets[name].state_dict().items())
+    lagging = [k for k, v in state["ema"]["generator"].items()
+               if v.is_floating_point() and not torch.equal(v, state["networks"]["generator"][k])]
+    assert lagging  # after 3 steps (decay 2/12 at the last) the averages trail the last weights
+    assert all(torch.equal(v, state["networks"]["discriminator"][k])
+               for k, v in nets["discriminator"].state_dict().items())
+    meta_train(tiny_config(demo_store, "train.steps=1", "train.ema_decay=0"), tmp_path / "plain", progress=False)
+    assert "ema" not in ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_config(demo_store, "train.ema_decay=1.0")
 
 
 def test_sampler_resumes_mid_epoch():

@@ -62,6 +62,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     return payload
 
 
+def inference_weights(state: dict[str, Any]) -> dict[str, dict]:
+    """Per network, the weights to generate with: the run's moving averages where it kept them
+    (``train.ema_decay`` > 0: state["ema"]), else the last step's (state["networks"])."""
+    return {**state["networks"], **state.get("ema", {})}
+
+
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 

@@ -74,6 +74,7 @@ class HeadGANTrainer:
     """The methods ``training.meta.meta_train`` calls, for HeadGAN (see ``TalkingHeadTrainer``)."""
 
     image_tag = "train/reference_renders_warped_generated_real"
+    averaged = ("generator",)  # the network train.ema_decay averages
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

@@ -13,6 +13,7 @@ Resuming restores networks, optimisers, every RNG and the data position, so on C
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -145,6 +146,7 @@ class TalkingHeadTrainer:
     """
 
     image_tag = "train/sources_landmarks_generated_real"
+    averaged = ("embedder", "generator")  # the networks train.ema_decay averages
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -198,6 +200,36 @@ class TalkingHeadTrainer:
         return episode_grid(batch, output)
 
 
+class WeightAverage:
+    """Exponential moving averages of some networks' weights (``train.ema_decay``), for validation and inference.
+
+    The averages are CPU-cheap copies of the unwrapped modules (no DDP, no compile): every rank updates its own
+    from weights that DDP keeps identical, so they agree without communication. Buffers are copied, not averaged.
+    """
+
+    def __init__(self, nets: dict[str, torch.nn.Module], names: tuple[str, ...], decay: float):
+        self.decay = decay
+        self.sources = {name: nets[name] for name in names}
+        self.averages = {name: copy.deepcopy(net).requires_grad_(False) for name, net in self.sources.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After optimisation step ``step`` (1-based): early averages warm up, so step 1 copies the weights."""
+        decay = min(self.decay, (step - 1) / (step + 9))
+        for name, average in self.averages.items():
+            source = self.sources[name]
+            torch._foreach_lerp_(list(average.parameters()), list(source.parameters()), 1.0 - decay)
+            for kept, current in zip(average.buffers(), source.buffers()):
+                kept.copy_(current)
+
+    def state_dict(self) -> dict[str, dict]:
+        return {name: net.state_dict() for name, net in self.averages.items()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        for name, net in self.averages.items():
+            net.load_state_dict(state[name])
+
+
 def make_trainer(cfg: Config):
     """The trainer of ``cfg.model.family``."""
     if cfg.model.family == "headgan":
@@ -235,6 +267,7 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
                 opt.load_state_dict(state["optimizers"][name])
             step, samples_seen = state["step"], state["data"]["samples_seen"]
             ckpt.set_rng_state(state["rng"])
+            resumed_averages = state.get("ema")
         elif info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
@@ -244,6 +277,11 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
             net.to(dev, memory_format=memory_format)
         for opt in optimizers.values():
             _optimizer_to(opt, dev)
+        averages = None
+        if cfg.train.ema_decay > 0:
+            averages = WeightAverage(nets, trainer.averaged, cfg.train.ema_decay)
+            if resume_from is not None and resumed_averages is not None:
+                averages.load_state_dict(resumed_averages)
         content = {k: v.to(dev, memory_format=memory_format) for k, v in load_content_networks(cfg.loss).items()}
         loss = trainer.loss(content)
         trainer.wrap(nets, info, dev)
@@ -258,7 +296,8 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
             return {"kind": "meta_train", "config": to_dict(cfg),
                     "networks": {n: m.state_dict() for n, m in nets.items()},
                     "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                    "rng": ckpt.rng_state(), "data": {"samples_seen": samples_seen}}
+                    "rng": ckpt.rng_state(), "data": {"samples_seen": samples_seen},
+                    **({"ema": averages.state_dict()} if averages else {})}
 
         last_path = resume_from
         tick, data_time, tick_samples = time.perf_counter(), 0.0, 0
@@ -269,6 +308,8 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
             data_time += time.perf_counter() - t0
             stats, output = trainer.step(batch, optimizers, loss, step)
             step += 1
+            if averages:
+                averages.update(step)
             samples_seen += cfg.train.batch_size
             tick_samples += cfg.train.batch_size * info.world_size
             bar.update(1)
@@ -282,7 +323,8 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
                 reporter.scalars(step, stats)
                 tick, data_time, tick_samples = time.perf_counter(), 0.0, 0
             if cfg.train.val_every and val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-                reporter.scalars(step, trainer.validate(nets, val_set, dev))
+                generating = {**nets, **averages.averages} if averages else nets
+                reporter.scalars(step, trainer.validate(generating, val_set, dev))
             if step % cfg.train.image_every == 0 or step == cfg.train.steps:
                 reporter.image(step, trainer.image_tag, trainer.grid(batch, output))
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:

@@ -78,14 +78,17 @@ def load_person(path: str | Path, device: str | torch.device = "cpu") -> Person:
 def networks_from_state(state: dict, source: str = "checkpoint") -> tuple[dict[str, nn.Module], object]:
     """Fresh networks (CPU, eval) with the weights of an already-read meta-training checkpoint, and its config.
 
+    E and G get the run's moving averages when it kept them (``train.ema_decay``), D its last weights.
+
     Callers that need several independent copies (one fine-tuning per evaluated video) read the file once and
     call this per copy.
     """
     cfg = config_from_dict(state["config"])
     nets = build_networks(cfg.model)
-    ckpt.check_architecture(state["config"]["model"], to_dict(cfg)["model"], state["networks"], nets, source)
+    weights = ckpt.inference_weights(state)
+    ckpt.check_architecture(state["config"]["model"], to_dict(cfg)["model"], weights, nets, source)
     for name, net in nets.items():
-        net.load_state_dict(state["networks"][name])
+        net.load_state_dict(weights[name])
         net.eval()
     return nets, cfg
 
