@@ -435,11 +435,14 @@ def sample_motion(rng: np.random.Generator, frames: int, size: int, face_height:
     """Random head, mouth, eye and brow motion for one clip, like a person talking to a camera."""
     seconds = np.arange(frames) / FPS
     offset = rng.uniform(-1.0, 1.0, 3)                       # each clip starts from its own head position
-    rotation = 3.0 * offset[0] + 4.0 * _wave(rng, seconds, 0.2, 0.8)
+    # Within a clip the head rolls by up to about +-12 degrees and turns (yaw) by up to 0.12 face heights: motion
+    # on the scale of a VoxCeleb utterance, so that a clip's frames differ by more than the mouth (with +-4
+    # degrees, copying the nearest of K frames was a baseline that minutes of CPU training could not reach).
+    rotation = 3.0 * offset[0] + 12.0 * _wave(rng, seconds, 0.2, 0.8)
     shift = np.stack([0.02 * size * offset[1] + 0.025 * size * _wave(rng, seconds, 0.15, 0.7),
                       0.02 * size * offset[2] + 0.02 * size * _wave(rng, seconds, 0.15, 0.7)], axis=1)
     scale = 1.0 + 0.03 * _wave(rng, seconds, 0.1, 0.4)
-    yaw = 0.06 * face_height * _wave(rng, seconds, 0.15, 0.6)
+    yaw = 0.12 * face_height * _wave(rng, seconds, 0.15, 0.6)
     # Speech: syllables at 3-5 Hz (the phase speeds up and slows down), gated by a slower talk/pause envelope.
     syllable_hz = rng.uniform(3.0, 5.0) * (1.0 + 0.3 * _wave(rng, seconds, 0.2, 0.8))
     phase = np.cumsum(2 * np.pi * syllable_hz / FPS) + rng.uniform(0.0, 2 * np.pi)
