@@ -225,9 +225,9 @@ class TrainConfig:
     # Deterministic kernels (torch.use_deterministic_algorithms): exact resume and reproducible runs, slower.
     deterministic: bool = False
     # Exponential moving average of the generator side's weights (E and G; HeadGAN: G), updated after every step
-    # with decay min(ema_decay, (1 + step) / (10 + step)); 0: off (the papers). When on, validation, finetune.py,
-    # reenact.py and evaluate.py use the averaged weights, which are steadier than the last step's under the
-    # adversarial game (StyleGAN / imaginaire practice). D always uses its own last weights.
+    # with decay min(ema_decay, (step - 1) / (step + 9)) after 1-based step `step` (the first copies); 0: off (the
+    # papers). When on, validation, finetune.py, reenact.py and evaluate.py use the averaged weights, steadier
+    # than the last step's under the adversarial game (StyleGAN / imaginaire practice). D keeps its last weights.
     ema_decay: float = 0.0
 
     def __post_init__(self):

@@ -203,24 +203,27 @@ class TalkingHeadTrainer:
 class WeightAverage:
     """Exponential moving averages of some networks' weights (``train.ema_decay``), for validation and inference.
 
-    The averages are CPU-cheap copies of the unwrapped modules (no DDP, no compile): every rank updates its own
-    from weights that DDP keeps identical, so they agree without communication. Buffers are copied, not averaged.
+    The averages are copies of the unwrapped modules (no DDP, no compile) on the training device: every rank
+    updates its own from weights that DDP keeps identical, so they agree without communication. Buffers are
+    copied, not averaged.
     """
 
     def __init__(self, nets: dict[str, torch.nn.Module], names: tuple[str, ...], decay: float):
         self.decay = decay
-        self.sources = {name: nets[name] for name in names}
-        self.averages = {name: copy.deepcopy(net).requires_grad_(False) for name, net in self.sources.items()}
+        self.averages = {name: copy.deepcopy(nets[name]).requires_grad_(False) for name in names}
+        pairs = [(average, nets[name]) for name, average in self.averages.items()]
+        self._kept = [p for average, _ in pairs for p in average.parameters()]
+        self._current = [p for _, net in pairs for p in net.parameters()]
+        self._buffers = [(kept, current) for average, net in pairs
+                         for kept, current in zip(average.buffers(), net.buffers())]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """After optimisation step ``step`` (1-based): early averages warm up, so step 1 copies the weights."""
         decay = min(self.decay, (step - 1) / (step + 9))
-        for name, average in self.averages.items():
-            source = self.sources[name]
-            torch._foreach_lerp_(list(average.parameters()), list(source.parameters()), 1.0 - decay)
-            for kept, current in zip(average.buffers(), source.buffers()):
-                kept.copy_(current)
+        torch._foreach_lerp_(self._kept, self._current, 1.0 - decay)
+        for kept, current in self._buffers:
+            kept.copy_(current)
 
     def state_dict(self) -> dict[str, dict]:
         return {name: net.state_dict() for name, net in self.averages.items()}
@@ -256,7 +259,7 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
 
         nets = build_networks(cfg.model)
         optimizers = trainer.optimizers(nets)
-        step, samples_seen = 0, 0
+        step, samples_seen, resumed_averages = 0, 0, None
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, kind="meta_train")
             ckpt.check_architecture(state["config"]["model"], to_dict(cfg)["model"], state["networks"], nets,
@@ -280,7 +283,7 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
         averages = None
         if cfg.train.ema_decay > 0:
             averages = WeightAverage(nets, trainer.averaged, cfg.train.ema_decay)
-            if resume_from is not None and resumed_averages is not None:
+            if resumed_averages is not None:
                 averages.load_state_dict(resumed_averages)
         content = {k: v.to(dev, memory_format=memory_format) for k, v in load_content_networks(cfg.loss).items()}
         loss = trainer.loss(content)
