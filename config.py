@@ -260,6 +260,10 @@ class DataConfig:
     landmark_thickness: int = 2
     # DataLoader worker processes.
     num_workers: int = 4
+    # Training skips a sample that cannot be read (truncated JPEG bytes, non-finite points), logs its video and
+    # counts it (data/skipped in metrics.jsonl); past this share of bad samples among those read the run stops
+    # with an error naming the store (python -m dataset.store verify STORE lists the damaged videos).
+    max_skipped_fraction: float = 0.01
 
 
 @dataclass

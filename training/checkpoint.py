@@ -13,9 +13,7 @@ read from inside the file, never from its name.
 """
 from __future__ import annotations
 
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from utils.atomic import atomic_file
+from utils.safe_load import UnsafeOrDamagedFile, load_tensors
 
 FORMAT = "talkinghead-checkpoint"
 VERSION = 1
@@ -44,14 +43,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Reads a checkpoint safely; clear errors for missing, truncated, foreign or wrong-kind files."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupted or not a "
-                              f"PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-                              "Use an earlier checkpoint of the run.") from None
+        payload = load_tensors(path, "checkpoint")
+    except (FileNotFoundError, UnsafeOrDamagedFile) as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
