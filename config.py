@@ -5,13 +5,17 @@ Every field is documented where it is defined. Defaults are the paper's VoxCeleb
 
     cfg = load_config("configs/demo.yaml", ["train.batch_size=4", "model.image_size=128"])
 
-Unknown keys and values of the wrong type raise ``ConfigError`` naming the dotted key, so a typo in a preset
-or an override never passes silently.
+Unknown keys, values of the wrong type and values out of range (a cadence of 0, a NaN learning rate, an
+image_size the layer tables cannot halve) raise ``ConfigError`` naming the dotted key, so a typo in a preset or
+an override never passes silently. Each dataclass checks its own fields in ``__post_init__``, so the checks run
+on every construction: presets, ``--set`` overrides, checkpoints' configs and ``dataclasses.replace``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +29,95 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Range checks, called from the dataclasses' __post_init__. `not (value > 0)` rather than `value <= 0`, so a
+# NaN (which compares false with everything) is refused too.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _refuse(key: str, rule: str, value: Any) -> None:
+    raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    """Each named field is > 0; floats must also be finite (an infinite learning rate is no setting)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value > 0):
+                _refuse(f"{section}.{name}", "finite and > 0", value)
+        elif not value > 0:
+            _refuse(f"{section}.{name}", "> 0", value)
+
+
+def _non_negative(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value >= 0):
+                _refuse(f"{section}.{name}", "finite and >= 0", value)
+        elif not value >= 0:
+            _refuse(f"{section}.{name}", ">= 0", value)
+
+
+def _in_unit_interval(key: str, value: float, include_one: bool) -> None:
+    if not (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0):
+        _refuse(key, "in [0, 1]" if include_one else "in [0, 1)", value)
+
+
+# The layer-table grammar of model/blocks.py (TOKEN there), restated because that module imports torch and
+# config.py must stay importable without it: NAME, NAME<width> and either followed by *<repeat>.
+_TOKEN = re.compile(r"^(BA|D|U|B|R|I|A)(\d+)?(?:\*(\d+))?$")
+_SIZED = {"D", "U", "B", "BA", "R"}
+# Spatial factor of each block kind in build_layers (D halves, U doubles, the rest keep the size).
+_SCALE = {"D": 0.5, "U": 2}
+
+
+def _parse_table(tokens: list[str], key: str) -> list[tuple[int, str, int | None]]:
+    """Expands a layer table into (table index, kind, width) per block, with model/blocks.py's rules."""
+    blocks = []
+    for i, token in enumerate(tokens):
+        match = _TOKEN.match(token.strip())
+        if not match:
+            raise ConfigError(f"{key}[{i}]: cannot parse layer token {token!r}; expected one of "
+                              "D<c>, U<c>, B<c>, BA<c>, R<c>, I, A, optionally followed by *<repeat>")
+        kind, width, repeat = match.group(1), match.group(2), match.group(3)
+        if kind in _SIZED and width is None:
+            raise ConfigError(f"{key}[{i}]: {kind} needs an output width, e.g. {kind}512")
+        if kind not in _SIZED and width is not None:
+            raise ConfigError(f"{key}[{i}]: {kind} takes no width (it keeps its input's), got {token!r}")
+        if width is not None and int(width) < 1:
+            raise ConfigError(f"{key}[{i}]: width must be at least 1 in {token!r}")
+        count = int(repeat) if repeat else 1
+        if count < 1:
+            raise ConfigError(f"{key}[{i}]: repeat count must be at least 1 in {token!r}")
+        blocks.extend([(i, kind, int(width) if width else None)] * count)
+    return blocks
+
+
+def _follow_table(tokens: list[str], key: str, channels: int, image_size: int) -> tuple[int, int]:
+    """Walks a table the way build_layers assembles it; returns (channels, size) after its last block.
+
+    Refuses what build_layers would: a D block on an odd size, and self-attention on fewer than 8 channels
+    (its C/8 query width) or a 1x1 map (its 2x-pooled keys).
+    """
+    blocks, size = _parse_table(tokens, key), image_size
+    downs = sum(kind == "D" for _, kind, _ in blocks)
+    for i, kind, width in blocks:
+        if kind == "D" and size % 2:
+            raise ConfigError(f"{key}[{i}] ({tokens[i]}) cannot halve an odd size {size}: model.image_size="
+                              f"{image_size} must be divisible by 2**{downs} = {2 ** downs}, one halving per D "
+                              "block of this table")
+        if kind == "A" and channels < 8:
+            raise ConfigError(f"{key}[{i}]: self-attention needs at least 8 channels, got {channels}")
+        if kind == "A" and size < 2:
+            raise ConfigError(f"{key}[{i}]: self-attention needs a spatial size of at least 2, got {size} "
+                              f"at model.image_size={image_size}")
+        channels = width if width is not None else channels
+        size = int(size * _SCALE.get(kind, 1))
+    return channels, size
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -43,6 +136,9 @@ class EmbedderConfig:
     # Blocks applied to the 6-channel input at image_size; must end at 4x4 for 256x256 in the paper.
     layers: list[str] = field(default_factory=lambda: ["D64", "D128", "D256", "A", "D512", "D512", "D512"])
 
+    def __post_init__(self):
+        _parse_table(self.layers, "model.embedder.layers")
+
 
 @dataclass
 class GeneratorConfig:
@@ -55,6 +151,9 @@ class GeneratorConfig:
         "BA512*4",
         "U512", "U256", "A", "U128", "U64",
     ])
+
+    def __post_init__(self):
+        _parse_table(self.layers, "model.generator.layers")
 
 
 @dataclass
@@ -71,6 +170,10 @@ class DiscriminatorConfig:
     # Store W as a sparse-gradient embedding: only the rows of the videos in a batch receive gradient, so
     # VoxCeleb2's ~150k x 512 matrix is never updated or all-reduced densely.
     sparse_w: bool = True
+
+    def __post_init__(self):
+        _parse_table(self.layers, "model.discriminator.layers")
+        _positive("model.discriminator", self, "num_videos")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,6 +209,20 @@ class HeadGANConfig:
     # Size of the audio embedding that drives AdaIN.
     audio_dim: int = 128
 
+    def __post_init__(self):
+        # Worded as model/headgan.py's check_headgan_config, which the networks still run.
+        for name in ("ngf", "max_channels", "levels", "ndf", "d_layers", "d_scales", "mouth_size", "audio_mels",
+                     "audio_window", "audio_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.headgan.{name} must be at least 1, got {getattr(self, name)}")
+        _non_negative("model.headgan", self, "bottleneck_blocks", "mouth_ndf")
+        if self.max_channels < self.ngf:
+            raise ConfigError(f"model.headgan.max_channels ({self.max_channels}) is below ngf ({self.ngf})")
+
+
+# The mouth crop's smallest side in pixels (model/headgan.py MIN_MOUTH_SIZE): its 3 stride-2 layers end at 2x2.
+HEADGAN_MIN_MOUTH_SIZE = 16
+
 
 @dataclass
 class ModelConfig:
@@ -126,6 +243,46 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     headgan: HeadGANConfig = field(default_factory=HeadGANConfig)
+
+    def __post_init__(self):
+        _positive("model", self, "image_size", "embed_dim", "landmark_channels")
+        # Only the family that is built must fit image_size: a HeadGAN preset keeps the talking-head default
+        # tables, which a 96x96 HeadGAN run never builds.
+        if self.family == "talking_head":
+            self._check_talking_head_tables()
+        else:
+            self._check_headgan_sizes()
+
+    def _check_talking_head_tables(self):
+        s, frame_and_landmarks = self.image_size, 3 + self.landmark_channels
+        for key, tokens in (("model.embedder.layers", self.embedder.layers),
+                            ("model.discriminator.layers", self.discriminator.layers)):
+            channels, _ = _follow_table(tokens, key, frame_and_landmarks, s)
+            if channels != self.embed_dim:
+                why = "the last block's width is the embedding size" if "embedder" in key else "v and W_i must match"
+                raise ConfigError(f"{key} ends with {channels} channels but model.embed_dim is {self.embed_dim}: "
+                                  f"{why}")
+        _, size = _follow_table(self.generator.layers, "model.generator.layers", self.landmark_channels, s)
+        if size != s:
+            raise ConfigError(f"model.generator.layers maps {s}x{s} to {size}x{size}: a generator needs as many "
+                              "U blocks as D blocks")
+
+    def _check_headgan_sizes(self):
+        """What model/headgan.py's networks need of image_size (its check_headgan_config, same wording)."""
+        h, s = self.headgan, self.image_size
+        if s % 2 ** h.levels:
+            raise ConfigError(f"model.image_size={s} is not divisible by 2**model.headgan.levels = {2 ** h.levels}: "
+                              "every encoder level halves the size exactly; pick another image_size or fewer levels")
+        # Scale k of the multi-scale D average-pools exactly k times; its 4x4 stride-2 layers then floor-halve,
+        # and instance norm on the coarsest patch grid needs more than one position.
+        if s % 2 ** (h.d_scales - 1) or s // 2 ** (h.d_scales - 1 + h.d_layers) < 2:
+            raise ConfigError(f"model.image_size={s} is too small for model.headgan.d_scales={h.d_scales} x "
+                              f"d_layers={h.d_layers}: the coarsest scale's patch grid must be at least 2x2 "
+                              "(instance norm needs more than one position); lower d_layers or d_scales")
+        crop = max(HEADGAN_MIN_MOUTH_SIZE, round(h.mouth_size * s / 256))
+        if h.mouth_ndf and crop > s:
+            raise ConfigError(f"the mouth crop ({crop} px from model.headgan.mouth_size={h.mouth_size} at 256) "
+                              f"does not fit a {s}x{s} image; lower mouth_size or set mouth_ndf 0")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -169,6 +326,16 @@ class LossConfig:
     mouth_adversarial_weight: float = 1.0
 
     def __post_init__(self):
+        # Every *_weight field is a loss weight; a new term is checked without being listed here.
+        _non_negative("loss", self, *(f.name for f in dataclasses.fields(self) if f.name.endswith("_weight")))
+        for i, weight in enumerate(self.vgg19_layer_weights):
+            if not (math.isfinite(weight) and weight >= 0):
+                _refuse(f"loss.vgg19_layer_weights[{i}]", "finite and >= 0", weight)
+        # Layer names are checked against each network's layout where it is built (model/loss.py).
+        for arch in ("vgg19", "vggface"):
+            if getattr(self, f"{arch}_weight") > 0 and not getattr(self, f"{arch}_layers"):
+                raise ConfigError(f"loss.{arch}_layers is empty but loss.{arch}_weight is "
+                                  f"{getattr(self, f'{arch}_weight')}; name layers or set the weight to 0")
         if self.vgg19_layer_weights and len(self.vgg19_layer_weights) != len(self.vgg19_layers):
             raise ConfigError(f"loss.vgg19_layer_weights has {len(self.vgg19_layer_weights)} entries for "
                               f"{len(self.vgg19_layers)} loss.vgg19_layers")
@@ -193,6 +360,13 @@ class OptimConfig:
     # Adam's (beta1, beta2); beta1 = 0 as is usual for spectrally normalised GANs.
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
 
+    def __post_init__(self):
+        _positive("optim", self, "lr_embedder", "lr_generator", "lr_discriminator")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be exactly 2 values (beta1, beta2), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            _in_unit_interval(f"optim.betas[{i}]", beta, include_one=False)
+
 
 @dataclass
 class TrainConfig:
@@ -216,8 +390,15 @@ class TrainConfig:
     # A checkpoint every checkpoint_every steps (and at the end); the newest keep_checkpoints are kept.
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
-    # Autocast dtype for the networks' forward passes: "bf16" on Ampere/Hopper GPUs; "fp16" adds a grad scaler.
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Mixed precision of the networks' forward passes: "bf16" autocast (Ampere/Hopper and newer); "fp16" autocast
+    # with a gradient scaler (older CUDA GPUs, whose bf16 is slow or missing); "none" fp32. "auto" picks bf16 on
+    # GPUs that support it, fp16 on older CUDA GPUs and none on CPU; the run's frozen config.yaml records the
+    # resolved choice, so a run directory says which precision trained it.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    # TF32 tensor-core matmuls and cuDNN convolutions for the fp32 parts of a step on Ampere and newer GPUs
+    # (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32): several times faster fp32 with a
+    # 10-bit mantissa, which GAN training tolerates. No effect on CPU or older GPUs; false for exact fp32.
+    tf32: bool = True
     # NHWC memory layout for the convolutions (faster with tensor cores).
     channels_last: bool = False
     # torch.compile the networks (first steps are slow while it compiles).
@@ -231,8 +412,12 @@ class TrainConfig:
     ema_decay: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _positive("train", self, "k_shots", "batch_size", "log_every", "image_every", "checkpoint_every",
+                  "keep_checkpoints")
+        _non_negative("train", self, "seed", "steps", "val_every")
+        if self.val_every > 0:
+            _positive("train", self, "val_episodes")
+        _in_unit_interval("train.ema_decay", self.ema_decay, include_one=False)
 
 
 @dataclass
@@ -246,6 +431,9 @@ class FinetuneConfig:
     # Learning rates of G with psi' (5e-5) and of D with w' (2e-4), as in meta-learning.
     lr_generator: float = 5e-5
     lr_discriminator: float = 2e-4
+
+    def __post_init__(self):
+        _positive("finetune", self, "epochs", "batch_size", "lr_generator", "lr_discriminator")
 
 
 @dataclass
@@ -264,6 +452,12 @@ class DataConfig:
     # counts it (data/skipped in metrics.jsonl); past this share of bad samples among those read the run stops
     # with an error naming the store (python -m dataset.store verify STORE lists the damaged videos).
     max_skipped_fraction: float = 0.01
+
+    def __post_init__(self):
+        _in_unit_interval("data.flip_prob", self.flip_prob, include_one=True)
+        _in_unit_interval("data.max_skipped_fraction", self.max_skipped_fraction, include_one=True)
+        _positive("data", self, "landmark_thickness")
+        _non_negative("data", self, "num_workers")
 
 
 @dataclass
@@ -336,11 +530,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         # YAML 1.1 reads "1e-4" as a string; accept any spelling float() accepts.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected float, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}")
+        # YAML's .nan and a --set ...=nan both arrive here; no field means anything by NaN.
+        if math.isnan(value):
+            raise ConfigError(f"{key}: expected a number, got nan")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -364,6 +561,73 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def to_dict(cfg: Any) -> dict:
     """Plain nested dict of a config (lists stay lists), suitable for YAML and checkpoints."""
     return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resuming: which differences between a run's frozen config and the requested one are harmless
+# --------------------------------------------------------------------------------------------------------------
+
+# Dotted keys (or whole sections) that a resumed run may change. Everything else shapes the networks, the
+# optimiser state, the data stream or the losses, so a difference there would continue a different experiment
+# from this one's checkpoint. Left out on purpose: train.amp and train.tf32 (the precision the numbers are computed
+# in; fp16 also keeps a gradient scaler in the checkpoint), train.seed and train.batch_size (the rest of the
+# data order), model.discriminator.num_videos (W's shape), loss.*_path (no fingerprint says a moved file holds
+# the same weights). Compare the requested config as the run would freeze it: "auto" amp resolved, num_videos
+# taken from the dataset.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    # How long the run goes and how often it logs, validates and saves: none of it is training state.
+    "train.steps", "train.log_every", "train.image_every", "train.val_every", "train.checkpoint_every",
+    "train.keep_checkpoints",
+    # Only the validation curve changes (its points before and after are then on different episode sets).
+    "train.val_episodes",
+    # Samples are drawn from (seed, epoch, index) whatever the number of workers (dataset/store.py).
+    "data.num_workers",
+    # A moved store; the training loop checks the store's fingerprint separately.
+    "data.root",
+    # When to stop on damaged samples, not what is trained on.
+    "data.max_skipped_fraction",
+    # How the same computation is executed: compiled, in NHWC layout, with deterministic kernels. They change
+    # speed and the order of float roundings, not the model, the optimiser state or the data.
+    "train.compile", "train.channels_last", "train.deterministic",
+    # A label for logs.
+    "name",
+    # Read by finetune.py only, never by meta-training.
+    "finetune",
+)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}``; lists are values, not sections."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(old: dict, new: dict, allowed: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """One line per dotted key whose value differs between ``old`` and ``new`` (nested dicts as from
+    ``to_dict``) and that ``allowed`` does not cover, e.g. ``"optim.lr_generator: run 5e-05, requested 0.5"``.
+
+    An entry of ``allowed`` covers its key and, as a prefix, every key below it ("finetune" covers
+    "finetune.epochs"). A key present on one side only differs. To compare with a frozen config written by an
+    older version, rebuild it first (``to_dict(config_from_dict(old))``) so keys added since take their defaults.
+    """
+    def shown(flat: dict, key: str) -> str:
+        if key not in flat:
+            return "(absent)"
+        return repr(flat[key]) if isinstance(flat[key], str) else str(flat[key])
+
+    before, after = _flatten(old), _flatten(new)
+    lines = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        if any(key == entry or key.startswith(f"{entry}.") for entry in allowed):
+            continue
+        if key not in before or key not in after or before[key] != after[key]:
+            lines.append(f"{key}: run {shown(before, key)}, requested {shown(after, key)}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------------------
