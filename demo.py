@@ -34,7 +34,7 @@ from finetune import split_shots
 from reenact import reenact
 from training.checkpoint import latest_checkpoint
 from training.finetune import finetune
-from training.meta import meta_train
+from training.loop import meta_train
 from training.person import load_meta_checkpoint, save_person
 from training.report import write_png
 

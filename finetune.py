@@ -27,7 +27,7 @@ from dataset.store import FewShotDataset
 from training.checkpoint import CheckpointError
 from training.finetune import finetune
 from training.person import load_meta_checkpoint, save_person
-from training.step import NonFiniteLossError
+from training.precision import NonFiniteLossError
 
 
 def split_shots(count: int, shots: int, holdout: int) -> tuple[list[int], list[int]]:

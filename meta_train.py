@@ -5,9 +5,9 @@
     torchrun --nproc_per_node 8 meta_train.py --config vox2 --out runs/vox2 --device cuda \\
         --set data.root=/data/vox2_store --set train.amp=bf16 --set train.channels_last=true
 
-Every step runs a D phase on a detached generated frame, then an E+G phase (training/step.py). The run
+Every step runs a D phase on a detached generated frame, then an E+G phase (training/talking_head.py; HeadGAN: training/headgan.py). The run
 directory holds the frozen config, checkpoints, metrics.jsonl, TensorBoard logs and image grids
-(training/meta.py).
+(training/loop.py).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from config import ConfigError, add_config_arguments, config_from_args, load_config
 from training.checkpoint import CheckpointError
-from training.meta import meta_train
-from training.step import NonFiniteLossError
+from training.loop import meta_train
+from training.precision import NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,9 @@
 
 Batches are random uint8 images of the config's shape (no dataset needed) and go through the same preparation
 and step as meta_train.py. Talking heads: (B, K+1) frames and landmark images through
-``training.meta.prepare_batch`` (host -> device copy, conversion to [-1, 1]) and ``training.step.train_step``.
+``training.talking_head.prepare_batch`` (host -> device copy, conversion to [-1, 1]) and ``training.talking_head.train_step``.
 HeadGAN: reference, target and the two NMFC renders, a log-mel window per sample and a mouth centre, through
-``HeadGANTrainer.prepare`` and ``HeadGANTrainer.step`` (``training.headgan_step.headgan_train_step``), the very
+``HeadGANTrainer.prepare`` and ``HeadGANTrainer.step`` (``training.headgan.headgan_train_step``), the very
 methods meta_train calls. Missing VGG19 / VGGFace weight files are replaced by randomly initialised networks
 of the same layout, so the perceptual loss still costs what it costs in a real run; the JSON says which (a
 HeadGAN demo run without the weights drops the term instead: ``--set loss.vgg19_weight=0`` measures that).
@@ -42,10 +42,9 @@ from model import build_networks
 from model.headgan import check_headgan_config
 from model.loss import GeneratorLoss
 from model.summary import summarize
-from training import step as step_module
+from training import talking_head as step_module
 from training.distributed import DistInfo
-from training.meta import prepare_batch
-from training.step import Networks, build_optimizers, train_step
+from training.talking_head import Networks, build_optimizers, prepare_batch, train_step
 from vgg_model.vgg import CAFFE_PREPROCESS, VGGFeatures, layer_names, load_vgg
 
 FAST_OVERRIDES = ["train.amp=bf16", "train.channels_last=true", "train.compile=true"]
@@ -216,7 +215,7 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def patch_step_phases(self):
-        """Times training.step's D and G phases by swapping in timed versions for the duration."""
+        """Times training.talking_head's D and G phases by swapping in timed versions for the duration."""
         originals = step_module.discriminator_phase, step_module.generator_phase
         step_module.discriminator_phase = self.wrap("d_phase", originals[0])
         step_module.generator_phase = self.wrap("g_phase", originals[1])
@@ -302,7 +301,7 @@ def run_headgan_mode(cfg: Config, device: torch.device, steps: int, warmup: int,
     The step is one function, so its phases are laps between marks set from inside it: after the generator's
     forward (a wrapper around the called generator) and after the discriminators' optimizer step (a step hook).
     """
-    from training.headgan_train import HeadGANTrainer
+    from training.headgan import HeadGANTrainer
 
     torch.manual_seed(cfg.train.seed)
     trainer = HeadGANTrainer(cfg)

@@ -15,8 +15,8 @@ from dataset.store import MetaDataset
 from model import build_networks
 from model.loss import GeneratorLoss
 from training import distributed
-from training.meta import make_loader, meta_train
-from training.step import Networks, build_optimizers, train_step
+from training.loop import make_loader, meta_train
+from training.talking_head import Networks, build_optimizers, collate_episodes, train_step
 
 store, run_dir = sys.argv[1], sys.argv[2]
 # One process group for both parts: meta_train reuses it and leaves it to its owner.
@@ -33,7 +33,7 @@ opts = build_optimizers(nets["embedder"], nets["generator"], nets["discriminator
 distributed.broadcast_parameters(nets["discriminator"].W)
 wrapped = Networks(distributed.wrap(nets["embedder"], info, device), distributed.wrap(nets["generator"], info, device),
                    distributed.wrap(nets["discriminator"], info, device, ignore=("W.weight",)), nets["discriminator"])
-batches = iter(make_loader(dataset, cfg, info, 0, device))
+batches = iter(make_loader(dataset, cfg, info, 0, device, collate_episodes))
 for step in range(2):
     batch = next(batches)
     train_step(batch, wrapped, opts, GeneratorLoss(cfg.loss, {}), step, sync_w=distributed.average_sparse_grad)

@@ -9,7 +9,7 @@ import pytest
 from config import load_config
 from evaluate import main as evaluate_main
 from evaluate import split_video
-from training.meta import meta_train
+from training.loop import meta_train
 
 
 @pytest.fixture(scope="module")

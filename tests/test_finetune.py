@@ -15,7 +15,8 @@ from finetune import main as finetune_main
 from finetune import split_shots
 from training import checkpoint as ckpt
 from training.finetune import finetune
-from training.meta import meta_train, validate, validation_episodes
+from training.loop import meta_train
+from training.talking_head import validate, validation_episodes
 from training.person import load_meta_checkpoint, load_person, person_from_frames, save_person
 
 TINY = ["model.image_size=32", "train.batch_size=2", "train.k_shots=2", "data.num_workers=0", "train.val_every=0"]

@@ -23,8 +23,8 @@ from evaluate import main as evaluate_main
 from model import build_networks
 from test_reenact import read_clip, read_video
 from training.checkpoint import CheckpointError, load_checkpoint
-from training.headgan_train import HeadGANTrainer, validate_headgan
-from training.meta import meta_train
+from training.headgan import HeadGANTrainer, validate_headgan
+from training.loop import meta_train
 
 SIZE = 64
 STEPS = 150

@@ -14,7 +14,8 @@ from model.headgan_loss import HeadGANLoss
 from model.loss import ContentLoss
 from model.summary import main as summary_main
 from model.summary import summarize
-from training.headgan_step import (HeadGANNetworks, NonFiniteLossError, build_headgan_optimizers,
+from training.precision import NonFiniteLossError
+from training.headgan import (HeadGANNetworks, build_headgan_optimizers,
                                    headgan_train_step)
 from vgg_model.vgg import CAFFE_PREPROCESS, VGGFeatures
 

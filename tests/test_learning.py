@@ -9,7 +9,8 @@ import torch
 
 from config import load_config
 from model import build_networks
-from training.meta import meta_train, validate, validation_episodes
+from training.loop import meta_train
+from training.talking_head import validate, validation_episodes
 
 HELD_OUT = "id00008"
 

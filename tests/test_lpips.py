@@ -152,7 +152,7 @@ def test_evaluate_requires_both_lpips_files(weight_files, tmp_path):
 def test_evaluate_reports_lpips(weight_files, demo_store, tmp_path):
     from config import load_config
     from evaluate import main as evaluate_main
-    from training.meta import meta_train
+    from training.loop import meta_train
 
     cfg = load_config("demo", ["model.image_size=32", "train.batch_size=2", "train.k_shots=2", "data.num_workers=0",
                                "train.val_every=0", f"data.root={demo_store}", "train.steps=1"])

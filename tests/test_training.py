@@ -13,8 +13,8 @@ import torch
 
 from config import load_config
 from training import checkpoint as ckpt
-from training.meta import EpisodeSampler, WeightAverage, meta_train
-from training.step import NonFiniteLossError
+from training.loop import EpisodeSampler, WeightAverage, meta_train
+from training.precision import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,8 +138,15 @@ def test_corrupted_and_missing_checkpoints_give_clear_errors(tmp_path):
     assert ckpt.load_checkpoint(path, kind="meta_train")["weights"].shape == (1000,)
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ckpt.CheckpointError, match="truncated, corrupted"):
+    with pytest.raises(ckpt.CheckpointError, match="truncated, damaged"):
         ckpt.load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match=r"empty \(0 bytes\)"):
+        ckpt.load_checkpoint(tmp_path / "empty.pt")
+    torch.save({"format": ckpt.FORMAT, "code": Path}, tmp_path / "code.pt")  # a pickled class, not tensors
+    with pytest.raises(ckpt.CheckpointError, match="pickled Python objects") as refused:
+        ckpt.load_checkpoint(tmp_path / "code.pt")
+    assert "weights_only=False" not in str(refused.value)
     with pytest.raises(ckpt.CheckpointError, match="not found"):
         ckpt.load_checkpoint(tmp_path / "nope.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")

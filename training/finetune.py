@@ -4,7 +4,7 @@ The meta-learned embedder runs once: e_NEW = mean_t E(x_t, y_t). Then
     G's AdaIN parameters become a trainable psi' initialised to P e_NEW (P itself is no longer used),
     D's projection W_i + w0 becomes a trainable w' initialised to w0 + e_NEW,
 and G (with psi') and D (with w') train on the T frames with the meta-learning losses minus L_MCH, in the same
-D phase / G phase steps (training/step.py).
+D phase / G phase steps (training/talking_head.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from dataset.store import FewShotDataset
 from model.loss import GeneratorLoss, load_content_networks
 from training.person import Person, embed_person
 from training.report import image_grid, write_png
-from training.step import autocast_context, discriminator_phase, generator_phase, summarize_terms
+from training.precision import autocast_context
+from training.talking_head import discriminator_phase, generator_phase, summarize_terms
 
 
 @torch.no_grad()

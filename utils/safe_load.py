@@ -22,7 +22,8 @@ class UnsafeOrDamagedFile(ValueError):
 
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return lines[0][:160] if lines else type(err).__name__
+    # torch's messages run on with advice; the first sentence is what the user needs.
+    return lines[0].split(". ")[0][:120] if lines else type(err).__name__
 
 
 def load_tensors(path: str | os.PathLike, what: str = "file", map_location: str | torch.device = "cpu") -> Any:

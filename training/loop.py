@@ -1,4 +1,7 @@
-"""Meta-learning of E, G and D on a preprocessed dataset (paper Sec. 3.3): the loop behind meta_train.py.
+"""The family-agnostic training loop behind meta_train.py: sampler, loader, moving averages, run directory.
+
+Each model family supplies a trainer (training/talking_head.py, training/headgan.py) that builds its dataset,
+optimisers, loss and step; this loop runs any of them.
 
 The run directory holds everything a run produces:
 
@@ -14,24 +17,20 @@ Resuming restores networks, optimisers, every RNG and the data position, so on C
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from config import Config, save_config, to_dict
-from dataset.store import MetaDataset, StoreError, to_unit_range
 from model import build_networks
-from model.loss import GeneratorLoss, load_content_networks
+from model.loss import load_content_networks
 from training import checkpoint as ckpt
 from training import distributed
-from training.report import Reporter, image_grid
-from training.step import Networks, build_optimizers, train_step
+from training.report import Reporter
 
 
 class EpisodeSampler(Sampler):
@@ -57,66 +56,13 @@ class EpisodeSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def _collate(items: list[dict]) -> dict:
-    out = {key: torch.stack([it[key] for it in items]) for key in ("frames", "landmarks", "points")}
-    out["video_index"] = torch.tensor([it["video_index"] for it in items], dtype=torch.long)
-    out["identity"] = [it["identity"] for it in items]
-    return out
-
-
 def make_loader(dataset, cfg: Config, info: distributed.DistInfo, start: int, device: torch.device,
-                collate=_collate) -> DataLoader:
+                collate) -> DataLoader:
     sampler = EpisodeSampler(len(dataset), cfg.train.seed, info.rank, info.world_size, start)
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-
-
-@torch.no_grad()
-def validate(embedder: torch.nn.Module, generator: torch.nn.Module, episodes: list[dict],
-             device: torch.device) -> dict[str, float]:
-    """Reconstruction L1 of target frames from K sources, against copying the nearest source frame.
-
-    ``episodes`` are MetaDataset items (fixed: drawn once with epoch 0). The baseline copies the source whose
-    landmarks are closest to the target's: what a model that ignores the target pose would do at best.
-    """
-    was_training = embedder.training, generator.training
-    embedder.eval()
-    generator.eval()
-    generated, nearest = [], []
-    for episode in episodes:
-        frames = episode["frames"].to(device).unsqueeze(0)
-        landmarks = episode["landmarks"].to(device).unsqueeze(0)
-        x = frames[0, -1]
-        x_hat = generator(landmarks[:, -1], embedder(frames[:, :-1], landmarks[:, :-1]))[0]
-        distance = (episode["points"][:-1] - episode["points"][-1]).norm(dim=-1).mean(dim=-1)
-        generated.append(float((x_hat - x).abs().mean()))
-        nearest.append(float((frames[0, int(distance.argmin())] - x).abs().mean()))
-    embedder.train(was_training[0])
-    generator.train(was_training[1])
-    return {"val/l1": float(np.mean(generated)), "val/nearest_source_l1": float(np.mean(nearest))}
-
-
-def validation_episodes(cfg: Config, count: int) -> list[dict]:
-    """Fixed episodes of the test split (no flips); empty if the store has no test videos."""
-    try:
-        dataset = MetaDataset(cfg.data.root, "test", cfg.train.k_shots, cfg.model.image_size, 0.0,
-                              cfg.data.landmark_thickness, cfg.train.seed)
-    except (StoreError, ValueError):
-        return []
-    return [dataset[(i % len(dataset), i // len(dataset))] for i in range(count)]
-
-
-def prepare_batch(batch: dict, device: torch.device) -> dict:
-    """Moves a uint8 batch to the device and converts images to [-1, 1] there.
-
-    Episodes travel from the workers as uint8: a quarter of the bytes through shared memory and PCIe, which
-    measured 2.3x more episodes/s from 2 workers than float32 episodes (bench/dataloader.py).
-    """
-    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out["frames"], out["landmarks"] = to_unit_range(out["frames"]), to_unit_range(out["landmarks"])
-    return out
 
 
 def resolve_run_config(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, Path | None]:
@@ -137,67 +83,6 @@ def _set_determinism(cfg: Config) -> None:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-class TalkingHeadTrainer:
-    """What the loop needs to know about one model family: here Zakharov et al. 2019 (E, G and D with W).
-
-    ``meta_train`` is family-agnostic; ``training/headgan_train.py`` implements the same methods for HeadGAN.
-    """
-
-    image_tag = "train/sources_landmarks_generated_real"
-    averaged = ("embedder", "generator")  # the networks train.ema_decay averages
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-
-    def dataset(self) -> MetaDataset:
-        c = self.cfg
-        return MetaDataset(c.data.root, "train", c.train.k_shots, c.model.image_size, c.data.flip_prob,
-                           c.data.landmark_thickness, c.train.seed, as_uint8=True)
-
-    def configure(self, cfg: Config, dataset: MetaDataset) -> Config:
-        """W has one row per training video: the dataset decides, the preset only predicted it."""
-        self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, discriminator=dataclasses.replace(cfg.model.discriminator, num_videos=dataset.num_videos)))
-        return self.cfg
-
-    collate = staticmethod(_collate)
-
-    def optimizers(self, nets: dict) -> dict:
-        return build_optimizers(nets["embedder"], nets["generator"], nets["discriminator"], self.cfg)
-
-    def loss(self, content: dict) -> torch.nn.Module:
-        return GeneratorLoss(self.cfg.loss, content)
-
-    def wrap(self, nets: dict, info: distributed.DistInfo, dev: torch.device) -> None:
-        """DDP (W kept out of it: its sparse rows are averaged by hand) and optional torch.compile."""
-        if info.enabled:
-            distributed.broadcast_parameters(nets["discriminator"].W)
-        wrapped = {
-            "embedder": distributed.wrap(nets["embedder"], info, dev),
-            "generator": distributed.wrap(nets["generator"], info, dev),
-            "discriminator": distributed.wrap(nets["discriminator"], info, dev, ignore=("W.weight",)),
-        }
-        if self.cfg.train.compile:
-            wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
-        self.networks = Networks(wrapped["embedder"], wrapped["generator"], wrapped["discriminator"],
-                                 nets["discriminator"])
-        self.sync_w = distributed.average_sparse_grad if info.enabled else None
-
-    def step(self, batch: dict, optimizers: dict, loss: torch.nn.Module, step: int) -> tuple[dict, torch.Tensor]:
-        return train_step(batch, self.networks, optimizers, loss, step, self.cfg.train.amp, self.sync_w)
-
-    prepare = staticmethod(prepare_batch)
-
-    def validation_set(self, count: int) -> list[dict]:
-        return validation_episodes(self.cfg, count)
-
-    def validate(self, nets: dict, episodes: list[dict], dev: torch.device) -> dict[str, float]:
-        return validate(nets["embedder"], nets["generator"], episodes, dev)
-
-    def grid(self, batch: dict, output: torch.Tensor) -> np.ndarray:
-        return episode_grid(batch, output)
 
 
 class WeightAverage:
@@ -236,8 +121,9 @@ class WeightAverage:
 def make_trainer(cfg: Config):
     """The trainer of ``cfg.model.family``."""
     if cfg.model.family == "headgan":
-        from training.headgan_train import HeadGANTrainer
+        from training.headgan import HeadGANTrainer
         return HeadGANTrainer(cfg)
+    from training.talking_head import TalkingHeadTrainer
     return TalkingHeadTrainer(cfg)
 
 
@@ -338,16 +224,6 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
         return last_path
     finally:
         distributed.shutdown_distributed(info)
-
-
-def episode_grid(batch: dict, x_hat: torch.Tensor, max_rows: int = 4, max_sources: int = 4) -> np.ndarray:
-    """Rows of: up to 4 source frames | target landmark image | generated frame | real frame."""
-    k = batch["frames"].shape[1] - 1
-    rows = []
-    for i in range(min(max_rows, x_hat.shape[0])):
-        sources = [batch["frames"][i, j] for j in range(min(k, max_sources))]
-        rows.append(sources + [batch["landmarks"][i, k], x_hat[i], batch["frames"][i, k]])
-    return image_grid(rows)
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
