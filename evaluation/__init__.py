@@ -1,11 +1,16 @@
-"""Evaluation metrics of the paper's protocol (Sec. 4): FID, SSIM, CSIM, plus PSNR and AKD.
+"""Evaluation with the published protocols: FID, SSIM, PSNR, CSIM (ArcFace or dlib), AKD (FAN or dlib), LPIPS,
+and the cross-reenactment metrics.
 
-See :mod:`evaluation.metrics` for the metrics and :mod:`evaluation.inception` for the FID Inception network.
+:mod:`evaluation.metrics` (image metrics, dlib CSIM), :mod:`evaluation.arcface` (ArcFace CSIM),
+:mod:`evaluation.keypoints` (AKD, motion, jitter), :mod:`evaluation.temporal` (flicker), :mod:`evaluation.cross`
+(pairs, identity and leakage), :mod:`evaluation.protocol` (what is generated), :mod:`evaluation.report` (CSV,
+plots, HTML), :mod:`evaluation.inception` and :mod:`evaluation.lpips` (the FID and LPIPS networks).
 """
 
 from evaluation.inception import FIDInceptionV3, load_fid_inception
 from evaluation.metrics import (
     FaceEmbedder,
+    cosine,
     csim,
     fid,
     frechet_distance,
@@ -19,6 +24,7 @@ from evaluation.metrics import (
 __all__ = [
     "FIDInceptionV3",
     "FaceEmbedder",
+    "cosine",
     "csim",
     "fid",
     "frechet_distance",

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.safe_load import load_tensors
+
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 INPUT_SIZE = 299
@@ -199,15 +201,18 @@ class FIDInceptionV3(nn.Module):
 def load_fid_inception(path: str | Path) -> FIDInceptionV3:
     """The FID Inception network with the weights in ``path``, in eval mode with frozen parameters.
 
-    Raises FileNotFoundError (saying where the weights come from) when the file is missing, and ValueError
-    naming the offending keys when the file is not the FID Inception state dict.
+    Raises FileNotFoundError (saying where the weights come from) when the file is missing,
+    ``UnsafeOrDamagedFile`` (a ValueError) when it is empty, truncated or holds code, and ValueError naming the
+    offending keys when the file is not the FID Inception state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"FID Inception weights not found: {path}. Download {WEIGHTS_NAME} from the pytorch-fid project's "
             f"GitHub release ({WEIGHTS_URL}) and pass it with --inception FILE.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "FID Inception weights file")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not the FID Inception state dict ({WEIGHTS_NAME})")
     state = {key: value for key, value in state.items() if not key.startswith(_IGNORED_PREFIXES)}
     model = FIDInceptionV3()
     result = model.load_state_dict(state, strict=False)

@@ -5,25 +5,30 @@ a Perceptual Metric", CVPR 2018.  The distance of two images is, summed over fiv
 relu2_2, relu3_3, relu4_3, relu5_3), the spatial mean of a learned non-negative channel weighting of the
 squared difference of the channel-normalised activations (Eq. 1 of the paper).
 
-Nothing is downloaded: both weight files are supplied by the user and read with
-``torch.load(weights_only=True)``:
+Nothing is downloaded, and both weight files are read with ``utils.safe_load.load_tensors``:
 
-    backbone  torchvision's VGG16 ImageNet state dict (``vgg16-397923af.pth``, keys ``features.N.weight/bias``)
-    linear    the LPIPS project's ``lpips/weights/v0.1/vgg.pth`` (keys ``lin0.model.1.weight`` .. ``lin4...``)
+    backbone  torchvision's VGG16 ImageNet state dict (``vgg16-397923af.pth``, keys ``features.N.weight/bias``),
+              always the user's file
+    linear    the LPIPS project's ``lpips/weights/v0.1/vgg.pth`` (keys ``lin0.model.1.weight`` .. ``lin4...``);
+              by default the copy inside the installed ``lpips`` wheel, found without importing the package
+              (its ``__init__`` imports torchvision)
 
+    model = load_lpips("vgg16-397923af.pth")            # heads from the lpips package
     model = load_lpips("vgg16-397923af.pth", "vgg.pth")
     distances = model(fake, real)   # (N,), images (N, 3, H, W) RGB in [-1, 1]; 0 for identical images
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-import pickle
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vgg_model.convert_model import torchvision_feature_names
+from utils.safe_load import load_tensors
 from vgg_model.vgg import ARCHITECTURES, BLOCK_CHANNELS, VGGFeatures, conv_shapes
 
 # VGG16 is configuration D, the layout the framework's table calls "vggface".
@@ -40,7 +45,19 @@ BACKBONE_SOURCE = ("torchvision's VGG16 ImageNet weights, vgg16-397923af.pth "
                    "(https://download.pytorch.org/models/vgg16-397923af.pth)")
 LINEAR_SOURCE = ("the LPIPS project's lpips/weights/v0.1/vgg.pth "
                  "(https://github.com/richzhang/PerceptualSimilarity)")
-OPTIONS_HINT = "pass them to evaluate.py as --lpips-backbone vgg16-397923af.pth --lpips-linear vgg.pth"
+OPTIONS_HINT = ("pass them to evaluate.py as --lpips-backbone vgg16-397923af.pth [--lpips-linear vgg.pth; default: "
+                "the heads inside the installed lpips package, pip install --no-deps lpips]")
+PACKAGED_HEADS = Path("weights") / "v0.1" / "vgg.pth"
+
+
+def packaged_linear_heads() -> Path | None:
+    """``lpips/weights/v0.1/vgg.pth`` of the installed lpips package, located by its import spec (the package is
+    not imported: its ``__init__`` needs torchvision); None when it is not installed or lacks the file."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_HEADS
+    return path if path.is_file() else None
 
 
 def lpips_preprocess() -> dict:
@@ -81,6 +98,7 @@ class LPIPS(nn.Module):
         for block in range(1, len(ARCHITECTURES[ARCH])):
             setattr(self.trunk, f"pool{block}", nn.MaxPool2d(kernel_size=2, stride=2))
         self.heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1, bias=False) for channels in CHANNELS)
+        self.linear_source = ""  # the heads' file, set by load_lpips
         self.eval()
         self.requires_grad_(False)
 
@@ -103,12 +121,7 @@ def _unit_normalise(features: torch.Tensor) -> torch.Tensor:
 
 
 def _load_state(path: str, what: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        # torch's message recommends weights_only=False, which must not be done with an unknown file.
-        raise ValueError(f"{path!r} is not a loadable {what} state dict (torch.load(weights_only=True) failed "
-                         f"with {type(exc).__name__})") from exc
+    state = load_tensors(path, f"LPIPS {what} file")
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, expected the {what} state dict")
     return state
@@ -155,18 +168,26 @@ def _linear_state(path: str) -> dict:
     return state
 
 
-def load_lpips(backbone_path, linear_path) -> LPIPS:
-    """LPIPS from torchvision's VGG16 ImageNet state dict and the LPIPS v0.1 VGG linear heads.
+def load_lpips(backbone_path, linear_path=None) -> LPIPS:
+    """LPIPS from torchvision's VGG16 ImageNet state dict and the LPIPS v0.1 VGG linear heads (``linear_path``, or
+    the installed lpips package's copy when it is None).  ``model.linear_source`` says which heads were used.
 
     Raises FileNotFoundError (saying where each file comes from) when a file is missing, and ValueError
-    naming the offending keys or shapes when a file is not the expected one.
+    (``UnsafeOrDamagedFile`` for unreadable files) naming the offending keys or shapes when a file is not the
+    expected one.
     """
+    if linear_path is None:
+        linear_path = packaged_linear_heads()
+        if linear_path is None:
+            raise FileNotFoundError(f"LPIPS linear heads not found: the lpips package is not installed and no "
+                                    f"--lpips-linear was given ({LINEAR_SOURCE}). Install it or {OPTIONS_HINT}")
     paths = {"backbone": os.fspath(backbone_path), "linear": os.fspath(linear_path)}
     sources = {"backbone": BACKBONE_SOURCE, "linear": LINEAR_SOURCE}
     absent = [f"{role} file {path!r} (from {sources[role]})" for role, path in paths.items()
               if not os.path.isfile(path)]
     if absent:
-        raise FileNotFoundError(f"LPIPS weights not found: {'; '.join(absent)}. Download both and {OPTIONS_HINT}")
+        raise FileNotFoundError(f"LPIPS weights not found: {'; '.join(absent)}. Download and {OPTIONS_HINT}")
     model = LPIPS()
     model.load_state_dict({**_backbone_state(paths["backbone"]), **_linear_state(paths["linear"])}, strict=True)
+    model.linear_source = paths["linear"]
     return model

@@ -153,6 +153,7 @@ class FaceEmbedder:
     Pass ``face_box=(0, 0, 1, 1)`` for tight crops.
     """
 
+    name = "dlib"
     CHIP_SIZE = 150
     CHIP_PADDING = 0.25
     FACE_BOX = (0.2, 0.25, 0.8, 0.85)
@@ -184,8 +185,12 @@ class FaceEmbedder:
         return dlib.get_face_chip(image, self._predictor(image, box), size=self.CHIP_SIZE,
                                   padding=self.CHIP_PADDING)
 
-    def embed(self, images_uint8: list[np.ndarray]) -> np.ndarray:
-        """(N, 128) float64 embeddings of RGB uint8 HxWx3 face crops."""
+    def embed(self, images_uint8: list[np.ndarray], points5: np.ndarray | None = None) -> np.ndarray:
+        """(N, 128) float64 embeddings of RGB uint8 HxWx3 face crops.
+
+        ``points5`` (the ArcFace embedder's alignment points) is accepted and not used: dlib's network is only
+        comparable with itself when it aligns with its own 5-point predictor, as it was trained.
+        """
         if self._network is None:
             self._load()
         if len(images_uint8) == 0:
@@ -194,12 +199,23 @@ class FaceEmbedder:
         return np.array([np.asarray(self._network.compute_face_descriptor(chip)) for chip in chips])
 
 
-def csim(a: torch.Tensor, b: torch.Tensor, embedder: FaceEmbedder) -> torch.Tensor:
-    """(N,) cosine similarity of the face embeddings of generated ``a`` and real ``b`` (higher = same identity)."""
+def csim(a: torch.Tensor, b: torch.Tensor, embedder, points5_a: np.ndarray | None = None,
+         points5_b: np.ndarray | None = None) -> torch.Tensor:
+    """(N,) cosine similarity of the face embeddings of generated ``a`` and real ``b`` (higher = same identity).
+
+    ``embedder`` is ``FaceEmbedder`` (dlib) or ``evaluation.arcface.ArcFaceEmbedder``; the latter aligns each
+    image by its (N, 5, 2) points (for a generated frame: those of the landmarks it was driven by).
+    """
     _check_pair(a, b)
-    embed_a = torch.from_numpy(embedder.embed(to_uint8(a)))
-    embed_b = torch.from_numpy(embedder.embed(to_uint8(b)))
-    return F.cosine_similarity(embed_a, embed_b, dim=1).to(torch.float32)
+    return torch.from_numpy(cosine(embedder.embed(to_uint8(a), points5_a),
+                                   embedder.embed(to_uint8(b), points5_b))).to(torch.float32)
+
+
+def cosine(embed_a: np.ndarray, embed_b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) embedding arrays (broadcasts a (1, D) side)."""
+    embed_a, embed_b = np.asarray(embed_a, np.float64), np.asarray(embed_b, np.float64)
+    norms = np.linalg.norm(embed_a, axis=-1) * np.linalg.norm(embed_b, axis=-1)
+    return (embed_a * embed_b).sum(-1) / np.maximum(norms, 1e-12)
 
 
 def landmark_distance(points_a: np.ndarray, points_b: np.ndarray) -> np.ndarray:
