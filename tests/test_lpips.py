@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.lpips import (CHANNELS, LPIPS, SCALE, SHIFT, backbone_keys, linear_keys, load_lpips,
-                              lpips_preprocess)
+                              lpips_preprocess, packaged_linear_heads)
+from utils.safe_load import UnsafeOrDamagedFile
 from vgg_model.vgg import TORCHVISION_IMAGENET_PREPROCESS, VGGFeatures, conv_shapes
 
 
@@ -137,16 +138,24 @@ def test_wrong_files_name_the_keys(weight_files, tmp_path):
         load_lpips(backbone, tmp_path / "negative.pth")
 
     (tmp_path / "text.pth").write_text("not a state dict")
-    with pytest.raises(ValueError, match="not a loadable"):
+    with pytest.raises(UnsafeOrDamagedFile, match="text.pth"):
         load_lpips(tmp_path / "text.pth", linear)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(UnsafeOrDamagedFile, match="empty"):
+        load_lpips(backbone, tmp_path / "empty.pth")
 
 
-def test_evaluate_requires_both_lpips_files(weight_files, tmp_path):
-    from evaluate import main as evaluate_main
+def test_the_lpips_packages_v01_heads_are_used_without_importing_it(weight_files):
+    import sys
 
-    with pytest.raises(SystemExit):
-        evaluate_main(["--checkpoint", "x.pt", "--data", str(tmp_path), "--out", str(tmp_path),
-                       "--lpips-backbone", str(weight_files[0])])
+    heads = packaged_linear_heads()
+    if heads is None:
+        pytest.skip("the lpips package is not installed (make setup installs it with --no-deps)")
+    assert heads.parts[-3:] == ("weights", "v0.1", "vgg.pth")
+    model = load_lpips(weight_files[0])
+    assert model.linear_source == str(heads) and "lpips" not in sys.modules
+    published = torch.load(heads, map_location="cpu", weights_only=True)  # the wheel's tensors were saved on CUDA
+    assert torch.equal(model.heads[0].weight, published["lin0.model.1.weight"])
 
 
 def test_evaluate_reports_lpips(weight_files, demo_store, tmp_path):
@@ -163,5 +172,5 @@ def test_evaluate_reports_lpips(weight_files, demo_store, tmp_path):
                           "--lpips-backbone", str(weight_files[0]), "--lpips-linear", str(weight_files[1])])
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["lpips"].startswith("computed")
-    assert report["per_shots"]["1"]["lpips"] > 0
+    assert report["notes"]["lpips_vgg"].startswith("computed") and str(weight_files[1]) in report["notes"]["lpips_vgg"]
+    assert report["per_shots"]["1"]["lpips_vgg"] > 0

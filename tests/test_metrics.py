@@ -190,6 +190,15 @@ def test_fid_inception_rejects_a_foreign_state_dict(tmp_path):
         load_fid_inception(path)
 
 
+def test_damaged_inception_weights_get_one_line(tmp_path):
+    from utils.safe_load import UnsafeOrDamagedFile
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(UnsafeOrDamagedFile, match="empty") as error:
+        load_fid_inception(tmp_path / "empty.pth")
+    assert len(str(error.value).splitlines()) == 1
+
+
 def test_missing_inception_weights_say_where_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         load_fid_inception(tmp_path / "absent.pth")
