@@ -30,6 +30,7 @@ from torch import nn
 
 from inference.adapt import fit_similarity
 from utils.safe_load import load_tensors
+from vgg_model.caffe import _NOT_CAFFE, LENGTH_DELIMITED, _Decoder
 
 ARCFACE_SIZE = 112
 # insightface's standard template (x, y) in the 112x112 crop: right eye, left eye, nose tip, right and left
@@ -237,7 +238,7 @@ def _load_irse50(path: Path, device: str) -> ArcFaceEmbedder:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading the first node names of an ONNX graph without the onnx package
+# Reading the first nodes of an ONNX graph without the onnx package
 # ----------------------------------------------------------------------------------------------------------------
 
 # Field numbers of onnx.proto: ModelProto.graph, GraphProto.node, NodeProto.name and NodeProto.op_type.
@@ -260,54 +261,28 @@ def onnx_first_nodes(path: str | os.PathLike, count: int) -> list[tuple[str, str
     """(name, op_type) of the first ``count`` nodes of an ONNX model's graph, read from the protobuf wire format.
 
     onnxruntime does not expose the graph, and the onnx package would pin another protobuf than MediaPipe's;
-    the three nested fields needed here are a few lines of the wire format.  The weights are skipped, not read.
+    the Caffe converter's wire-format decoder reads the three nested fields needed here, skipping the weights.
     """
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        graph = next((span for field, span in _fields(data, 0, len(data)) if field == _MODEL_GRAPH), None)
+        decoder = _OnnxDecoder(data, path)
+        graph = next((span for number, wire, span in decoder.fields(0, len(data), "ModelProto")
+                      if number == _MODEL_GRAPH and wire == LENGTH_DELIMITED), None)
         if graph is None:
             raise ValueError(f"{path}: no graph in this ONNX file")
         nodes = []
-        for field, (start, end) in _fields(data, *graph):
-            if field != _GRAPH_NODE:
+        for number, wire, span in decoder.fields(*graph, "GraphProto"):
+            if number != _GRAPH_NODE or wire != LENGTH_DELIMITED:
                 continue
-            values = {f: bytes(data[a:b]).decode("utf-8", "replace") for f, (a, b) in _fields(data, start, end)
-                      if f in (_NODE_NAME, _NODE_OP_TYPE)}
+            values = {n: decoder.string(v, "a node name") for n, w, v in decoder.fields(*span, "NodeProto")
+                      if n in (_NODE_NAME, _NODE_OP_TYPE) and w == LENGTH_DELIMITED}
             nodes.append((values.get(_NODE_NAME, ""), values.get(_NODE_OP_TYPE, "")))
             if len(nodes) == count:
                 break
         return nodes
 
 
-def _varint(data, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(data):
-            raise ValueError("truncated ONNX file (varint runs past the end)")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
+class _OnnxDecoder(_Decoder):
+    """The Caffe reader's protobuf decoder, with errors that speak of ONNX files."""
 
-
-def _fields(data, start: int, end: int):
-    """Yields (field number, (start, end)) of the length-delimited fields in data[start:end]; skips the rest."""
-    position = start
-    while position < end:
-        key, position = _varint(data, position)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, position = _varint(data, position)
-        elif wire == 1:
-            position += 8
-        elif wire == 5:
-            position += 4
-        elif wire == 2:
-            length, position = _varint(data, position)
-            if position + length > end:
-                raise ValueError("truncated ONNX file (a field runs past its message)")
-            yield field, (position, position + length)
-            position += length
-        else:
-            raise ValueError(f"not an ONNX protobuf (wire type {wire} at byte {position})")
+    def fail(self, message):
+        raise ValueError(f"{self.path}: {message.replace(_NOT_CAFFE, '')} (not a readable ONNX model)")

@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vgg_model.convert_model import torchvision_feature_names
