@@ -128,6 +128,8 @@ def crop_box(points: np.ndarray, image_shape: tuple[int, ...], scale: float = 1.
     points = _check_points(points)
     if points.ndim != 2:
         raise ValueError(f"crop_box takes one face's (68, 2) points, got shape {points.shape}")
+    if not scale > 0:
+        raise ValueError(f"crop scale must be positive, got {scale}")
     low, high = points.min(axis=0), points.max(axis=0)
     side = max(1, int(round(scale * float(np.max(high - low)))))
     centre_x = (low[0] + high[0]) / 2
@@ -349,16 +351,26 @@ def _same_shape_batches(images: list[np.ndarray], batch_size: int) -> list[list[
             for start in range(0, len(group), batch_size)]
 
 
-def _face_alignment_weights_help(error: BaseException) -> str:
+def face_alignment_weight_files() -> dict[str, Path]:
+    """Where face-alignment looks for its two weight files (torch hub's ``checkpoints/``), by download URL.
+
+    Copy the files there (same names) to use the backend on a machine without internet."""
     import torch.hub
     from face_alignment.api import models_urls as fan_urls
     from face_alignment.detection.sfd.sfd_detector import models_urls as sfd_urls
 
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    urls = ", ".join([sfd_urls["s3fd"], fan_urls["2DFAN-4"]])
-    return (f"face-alignment could not load its model weights (it downloads them on first use from {urls}; "
-            f"run once on a machine with internet, or copy the files into {checkpoints}/, "
-            f"or use --backend dlib). Cause: {type(error).__name__}: {error}")
+    return {url: checkpoints / url.rsplit("/", 1)[-1] for url in (sfd_urls["s3fd"], fan_urls["2DFAN-4"])}
+
+
+def _face_alignment_weights_help(error: BaseException) -> str:
+    files = face_alignment_weight_files()
+    missing = [f"{path} (from {url})" for url, path in files.items() if not path.is_file()]
+    checkpoints = next(iter(files.values())).parent
+    return (f"face-alignment could not load its model weights (it downloads them on first use; run once on a "
+            f"machine with internet, or copy the files into {checkpoints}/, or use --backend dlib). "
+            + (f"Missing: {'; '.join(missing)}. " if missing else "")
+            + f"Cause: {type(error).__name__}: {error}")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataset.landmarks import (
     crop_and_resize,
     crop_box,
     draw_landmarks,
+    face_alignment_weight_files,
     flip_landmarks,
     make_detector,
 )
@@ -315,6 +316,9 @@ def test_face_alignment_without_weights_gives_a_clear_error(tmp_path, monkeypatc
     assert str(Path(torch.hub.get_dir()) / "checkpoints") in message and str(tmp_path) in message
     assert "--backend dlib" in message
     assert "adrianbulat.com" in message
+    # The exact files and where each goes, so they can be copied onto an offline GPU box.
+    for url, path in face_alignment_weight_files().items():
+        assert f"{path} (from {url})" in message and path.parent == Path(torch.hub.get_dir()) / "checkpoints"
 
 
 class FakeFaceAlignment:

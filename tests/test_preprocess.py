@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 
 from dataset import store
-from dataset.landmarks import Face
-from dataset.pipeline.faces import choose_main_faces
+from dataset.landmarks import DlibDetector, Face, LandmarkDetector, crop_box
+from dataset.pipeline.faces import choose_main_faces, crop_faces, detect_faces
 from dataset.pipeline.runner import in_shard, parse_shard, run_videos
-from dataset.pipeline.videos import VideoUnit, evenly_spaced, find_videos
+from dataset.pipeline.videos import VideoUnit, evenly_spaced, find_videos, scan_videos
 from dataset.voxceleb1 import extract_landmark, sample_frame
 from dataset.voxceleb2 import clean_data, extract_frames
 
@@ -288,3 +289,211 @@ def test_resume_after_a_killed_run_equals_a_clean_run(demo_clips, tmp_path):
     assert summary.counts == {"skipped": len(done), "done": 6 - len(done)}
     assert not list((resumed / "videos").glob("*/.*"))
     assert store_files(resumed) == store_files(clean)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing a tree that fights back: symlink loops, unreadable folders and files, other shards' folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_without_root(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs Python ``code`` in a child that, when started as root, drops to user nobody after its imports (the
+    line ``DROP`` in ``code``): root reads every file whatever its mode, so only then do modes 000 mean unreadable."""
+    drop = "os.setgid(65534); os.setuid(65534)" if os.geteuid() == 0 else "pass"
+    return subprocess.run([sys.executable, "-c", code.replace("DROP", drop)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_loops_and_unreadable_paths_are_reported_and_the_rest_is_listed_once():
+    top = Path(tempfile.mkdtemp(prefix="unreadable-"))  # below /tmp, which user nobody can reach
+    try:
+        root = top / "vox2"
+        for video in ("v1", "v2", "v3"):
+            (root / "id1" / video).mkdir(parents=True)
+            (root / "id1" / video / "00001.mp4").write_bytes(b"clip")
+        os.symlink("../..", root / "id1/v3/back_to_root")          # a loop through the whole tree
+        os.symlink("..", root / "id1/v3/back_to_identity")         # and a second one: both used to hang
+        os.symlink("self.mp4", root / "id1/v3/self.mp4")           # a link to itself
+        os.chmod(root / "id1/v1/00001.mp4", 0)
+        os.chmod(root / "id1/v2", 0)
+        for path in [top, *root.rglob("*")]:
+            if path.is_dir() and not path.is_symlink() and path.name != "v2":
+                os.chmod(path, 0o755)
+        code = f"""
+import json, os, sys
+sys.path.insert(0, {str(REPO)!r})
+from dataset.pipeline.videos import scan_videos, sample_frames
+from dataset.voxceleb2.clean_data import check_clip
+DROP
+scan = scan_videos({str(root)!r})
+v1 = next(u for u in scan.units if u.video == "v1")
+print(json.dumps({{"units": {{u.key: list(u.clips) for u in scan.units}}, "problems": scan.problems,
+                  "check": check_clip(v1.path(v1.clips[0])), "sample": sample_frames(v1, 4).problems}}))
+"""
+        result = run_without_root(code, top)
+        assert result.returncode == 0, result.stderr
+        found = json.loads(result.stdout)
+    finally:
+        os.chmod(top / "vox2/id1/v2", 0o755)
+        shutil.rmtree(top)
+    assert found["units"] == {"id1/v1": ["id1/v1/00001.mp4"], "id1/v3": ["id1/v3/00001.mp4"]}  # each clip once
+    problems = "\n".join(found["problems"])
+    assert "id1/v2: cannot list this folder (Permission denied)" in problems
+    assert "id1/v3/back_to_root: same folder as ." in problems and "id1/v3/back_to_identity: same folder as id1" in problems
+    assert "id1/v3/self.mp4: cannot read (Too many levels of symbolic links)" in problems
+    assert found["check"]["reason"] == "cannot read the file (Permission denied)"   # not "no frames"
+    assert found["sample"] == ["cannot read clip 00001.mp4: Permission denied"]
+
+
+def test_a_shard_does_not_enter_the_folders_of_other_shards_videos(tmp_path):
+    root = tmp_path / "vox2"
+    keys = [f"id{i:05d}/video{j}" for i in range(6) for j in range(3)]
+    for key in keys:
+        (root / key).mkdir(parents=True)
+        (root / key / "00001.mp4").write_bytes(b"clip")
+        os.symlink("self", root / key / "self")                   # reported by whoever enters the folder
+    full = scan_videos(root)
+    assert [u.key for u in full.units] == sorted(keys) and len(full.problems) == len(keys)
+    for shard in ((0, 3), (2, 3)):
+        part = scan_videos(root, shard=shard)
+        mine = sorted(k for k in keys if in_shard(k, shard))
+        assert [u.key for u in part.units] == mine and len(part.problems) == len(mine)
+        assert all(p.split("/self")[0] in mine for p in part.problems)
+
+
+WORKER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from dataset.pipeline.runner import run_videos
+from dataset.pipeline.videos import VideoUnit
+
+def slow(unit):
+    time.sleep(300)
+    return {{"status": "done"}}
+
+if __name__ == "__main__":
+    run_videos([VideoUnit("id", f"v{{i}}", ".") for i in range(4)], slow, workers=2)
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_and_the_resource_tracker_die_with_a_killed_main_process(tmp_path):
+    script = tmp_path / "slow_run.py"
+    script.write_text(WORKER_SCRIPT.format(repo=str(REPO)))
+    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children_of(process.pid)) < 3 and time.monotonic() < deadline:   # 2 workers + resource tracker
+            time.sleep(0.1)
+        children = children_of(process.pid)
+        assert len(children) >= 3
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        process.kill()
+        for pid in children_of(process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options, large frames, the cleaning journal
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [("--scale", "-1"), ("--scale", "0"), ("--size", "0"), ("--quality", "0"),
+                                           ("--frames-per-video", "-1"), ("--workers", "0"),
+                                           ("--test-fraction", "1.5"), ("--max-detect-side", "10"),
+                                           ("--video-depth", "1"), ("--batch-size", "0")])
+def test_out_of_range_options_stop_before_anything_is_written(tmp_path, capsys, option, value):
+    out = tmp_path / "store"
+    with pytest.raises(SystemExit) as stop:
+        extract_landmark.main(["--root", str(tmp_path), "--out", str(out), "--backend", "dlib", option, value])
+    assert stop.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_library_calls_refuse_bad_sizes_and_scales(tmp_path):
+    with pytest.raises(store.StoreError, match="image_size"):
+        store.open_store_for_writing(tmp_path / "a", 0)
+    with pytest.raises(store.StoreError, match="quality"):
+        store.open_store_for_writing(tmp_path / "b", 64, quality=0)
+    assert not (tmp_path / "a" / store.INFO_FILE).exists()
+    with pytest.raises(ValueError, match="scale"):
+        crop_box(np.zeros((68, 2)) + np.arange(68)[:, None], (100, 100), scale=-1)
+    with pytest.raises(ValueError, match="scale"):
+        extract_landmark.extract_landmarks(tmp_path, tmp_path / "c", scale=-1.0)
+
+
+class ShapeRecorder(LandmarkDetector):
+    """The dlib detector, recording the image sizes it is given."""
+
+    def __init__(self):
+        self.inner, self.shapes = DlibDetector(), []
+
+    def detect(self, images):
+        self.shapes += [image.shape for image in images]
+        return self.inner.detect(images)
+
+
+def test_a_huge_frame_is_shrunk_for_detection_and_cropped_at_full_resolution():
+    from skimage import data
+
+    photo = data.astronaut()                                                  # 512x512, one face
+    huge = cv2.resize(photo, (6000, 6000), interpolation=cv2.INTER_CUBIC)
+    detector = ShapeRecorder()
+    faces = detect_faces(detector, [huge], max_side=512)[0]
+    small = cv2.resize(huge, (512, 512), interpolation=cv2.INTER_AREA)      # what the detector was given
+    reference = detector.inner.detect([small])[0]
+    assert detector.shapes[0] == (512, 512, 3)                                  # the detector never saw 6000x6000
+    assert len(faces) == len(reference) == 1
+    expected = (reference[0].points + 0.5) * (6000 / 512) - 0.5
+    assert np.abs(faces[0].points - expected).max() < 1e-2
+    assert np.allclose(faces[0].box, np.array(reference[0].box) * 6000 / 512)
+    crops, points = crop_faces([huge], faces, 256)
+    assert crops[0].shape == (256, 256, 3) and ((points > 0) & (points < 256)).all()
+    # Cut from the full frame: sharper than the same crop cut from the shrunk copy and enlarged.
+    blurry, _ = crop_faces([small], [reference[0]], 256)
+    sharpness = [cv2.Laplacian(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for c in (crops[0], blurry[0])]
+    assert sharpness[0] > sharpness[1]
+
+
+def test_the_cleaning_journal_never_takes_one_root_for_another(demo_clips, tmp_path):
+    first = copy_identities(demo_clips, tmp_path / "dev", ["id00001"])
+    second = copy_identities(demo_clips, tmp_path / "test", ["id00001"])     # same identity and video names
+    clip = first / "id00001/demo0001/00001.mp4"
+    clip.write_bytes(clip.read_bytes()[:200])
+    report = tmp_path / "clean.json"                                         # one report name for both
+    assert [c["clip"] for c in clean_data.clean(first, report)["bad_clips"]] == ["id00001/demo0001/00001.mp4"]
+    before = file_bytes(second)
+    result = clean_data.clean(second, report, tmp_path / "quarantine")
+    assert result["run"]["counts"]["done"] == 2 and not result["run"]["counts"].get("skipped")  # checked anew
+    assert result["bad_clips"] == []
+    assert file_bytes(second) == before and not (tmp_path / "quarantine").exists()
+    again = clean_data.clean(first, report, tmp_path / "quarantine")          # the first root resumes as before
+    assert again["run"]["counts"] == {"skipped": 2}
+    assert [c["quarantined_to"] for c in again["bad_clips"]] == [str(tmp_path / "quarantine/id00001/demo0001/00001.mp4")]

@@ -23,6 +23,42 @@ from dataset.pipeline.videos import (IMAGE_SUFFIXES, clip_frame_count, evenly_sp
                                      read_image)
 
 
+# Longest side of the copy of a frame that the detector sees. Detection cost and memory grow with the pixel count
+# (dlib took 98 s and 7.2 GB on one 12000x12000 frame); a face needs far fewer pixels to be found, and the crop is
+# still cut from the full-resolution frame. VoxCeleb's frames (224 to 1080 lines) are below it and unchanged.
+DETECT_MAX_SIDE = 1280
+
+
+def detect_faces(detector: LandmarkDetector, images: Sequence[np.ndarray],
+                 max_side: int = DETECT_MAX_SIDE) -> list[list[Face]]:
+    """``detector.detect`` on copies of ``images`` shrunk to at most ``max_side`` pixels a side; the faces come
+    back in the pixel coordinates of the full images."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    small, factors = [], []
+    for image in images:
+        height, width = image.shape[:2]
+        factor = min(1.0, max_side / max(height, width))
+        if factor < 1.0:
+            size = (max(1, int(round(width * factor))), max(1, int(round(height * factor))))
+            small.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+            factors.append((width / size[0], height / size[1]))
+        else:
+            small.append(image)
+            factors.append(None)
+    found = detector.detect(small)
+    del small
+    return [faces if factor is None else [_enlarged(face, *factor) for face in faces]
+            for faces, factor in zip(found, factors)]
+
+
+def _enlarged(face: Face, sx: float, sy: float) -> Face:
+    # Box edges scale directly; points are pixel centres and map as in cv2.resize.
+    x0, y0, x1, y1 = face.box
+    points = ((face.points + 0.5) * np.array([sx, sy], np.float32) - 0.5).astype(np.float32)
+    return Face(box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), points=points, score=face.score)
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
@@ -126,7 +162,7 @@ def read_face_crops(path: str | Path, detector: LandmarkDetector, size: int, max
 def main_face_crops(frames: list[np.ndarray], detector: LandmarkDetector, size: int, scale: float = 1.8,
                     name: str = "frames") -> tuple[list[np.ndarray], np.ndarray, int]:
     """``read_face_crops`` on frames already in memory (``name`` is what an error calls them)."""
-    faces = choose_main_faces(detector.detect(frames), [f.shape for f in frames])
+    faces = choose_main_faces(detect_faces(detector, frames), [f.shape for f in frames])
     kept = [(frame, face) for frame, face in zip(frames, faces) if face is not None]
     if not kept:
         raise ValueError(f"{name}: no face found in any of its {len(frames)} frames")

@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import ctypes
+import ctypes.util
 import json
 import multiprocessing
+import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,7 +41,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 from tqdm import tqdm
 
-from dataset.pipeline.videos import VideoUnit
+from dataset.pipeline.videos import VideoUnit, in_shard  # noqa: F401  (in_shard: part of this module's API)
 
 Shard = tuple[int, int]
 
@@ -57,25 +62,35 @@ def parse_shard(text: str) -> Shard:
     return index, count
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None, *, above: float | None = None):
+    """An argparse ``type`` that converts with ``kind`` and refuses values outside ``[low, high]`` (or not
+    strictly ``above``): an option out of range must stop the command before it writes anything, not fail every
+    video or store garbage."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value != value or (low is not None and value < low) or (high is not None and value > high) \
+                or (above is not None and value <= above):
+            bounds = [f"> {above}" if above is not None else f">= {low}" if low is not None else "",
+                      f"<= {high}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {' and '.join(b for b in bounds if b)})")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds ``--workers``, ``--shard`` and ``--video-depth``."""
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=bounded(int, 1), default=1,
                         help="worker processes, one video at a time each (default 1: run in this process)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                         help="process only shard I of N (stable hash of identity/video); run I=0..N-1 on "
                              "N machines to cover every video exactly once")
-    parser.add_argument("--video-depth", type=int, default=2, metavar="D",
+    parser.add_argument("--video-depth", type=bounded(int, 2), default=2, metavar="D",
                         help="path depth of a video folder under --root: 2 for idNNNNN/VIDEO_ID (default), "
                              "3 for layouts with one folder in between such as NAME/1.6/VIDEO_ID")
-
-
-def in_shard(key: str, shard: Shard | None) -> bool:
-    """Whether video ``key`` belongs to ``shard`` (always true without sharding)."""
-    if shard is None:
-        return True
-    index, count = shard
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count == index
 
 
 def shard_suffix(shard: Shard | None) -> str:
@@ -95,6 +110,8 @@ class RunSummary:
     counts: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
+    # Paths the listing of the input could not read (``VideoScan.problems``): what they hold was not processed.
+    unlisted: list[str] = field(default_factory=list)
 
     def add(self, result: dict) -> None:
         self.counts[result["status"]] += 1
@@ -105,6 +122,9 @@ class RunSummary:
     def format(self) -> str:
         lines = [f"videos: {self.counts['done']} done, {self.counts['skipped']} skipped (already done), "
                  f"{self.counts['failed']} failed"]
+        if self.unlisted:
+            lines.append(f"  NOT LISTED ({len(self.unlisted)} paths of the input could not be read):")
+            lines += [f"    {problem}" for problem in self.unlisted[:20]]
         lines += [f"  {name}: {value}" for name, value in sorted(self.totals.items())]
         lines += [f"  FAILED {f['key']}: {f['error']}" for f in self.failures[:20]]
         if len(self.failures) > 20:
@@ -113,7 +133,7 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         return {"counts": dict(self.counts), "totals": dict(self.totals),
-                "failures": [f["key"] for f in self.failures]}
+                "failures": [f["key"] for f in self.failures], "unlisted": list(self.unlisted)}
 
 
 def _failure(unit: VideoUnit, error: str, trace: str = "") -> dict:
@@ -130,7 +150,31 @@ def _call(work: Callable[[VideoUnit], dict], unit: VideoUnit) -> dict:
     return result
 
 
-def _init_worker(initializer: Callable | None, initargs: tuple) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ends this worker process as soon as ``parent`` (the command's main process) is gone.
+
+    A pool's workers only leave when the pool tells them to; after a ``kill -9`` of the main process nobody
+    does, and they (and the resource tracker, which waits for every holder of its pipe) would run for good,
+    keeping a GPU's memory with face_alignment. On Linux the kernel sends SIGKILL on the parent's death
+    (``PR_SET_PDEATHSIG``); a watchdog thread that notices the re-parenting covers other systems, and the
+    instant between the fork and the prctl call."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _init_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+    _die_with_parent(parent)
     # Each worker handles one video at a time on its own core: library thread pools would only oversubscribe.
     cv2.setNumThreads(1)
     if initializer is not None:
@@ -150,7 +194,7 @@ def _iterate_parallel(units: Sequence[VideoUnit], work: Callable, workers: int, 
     pending, suspects = list(reversed(units)), []
     while pending or suspects:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(initializer, initargs)) as pool:
+                                 initargs=(os.getpid(), initializer, initargs)) as pool:
             in_flight, alone = {}, False
             try:
                 while pending or suspects or in_flight:
@@ -179,19 +223,25 @@ def _iterate_parallel(units: Sequence[VideoUnit], work: Callable, workers: int, 
 def run_videos(units: Sequence[VideoUnit], work: Callable[[VideoUnit], dict], *, workers: int = 1,
                shard: Shard | None = None, failures_path: Path | None = None, desc: str = "videos",
                initializer: Callable | None = None, initargs: tuple = (),
-               on_result: Callable[[dict], None] | None = None) -> RunSummary:
+               on_result: Callable[[dict], None] | None = None, unlisted: Sequence[str] = ()) -> RunSummary:
     """Applies ``work`` to the videos of ``units`` in ``shard``, with a progress bar; returns the summary.
 
     ``work``, ``initializer`` and ``initargs`` must be picklable (module-level functions, ``functools.partial``)
     when ``workers > 1``. ``initializer`` runs once per worker process, e.g. to load a detector. Failures are
     appended to ``failures_path`` (rewritten at the start of each run, so it lists this run's failures) as JSON
-    lines ``{"key", "error", "traceback"}``. ``on_result`` sees every result in the main process.
+    lines ``{"key", "error", "traceback"}``. ``on_result`` sees every result in the main process. ``unlisted``
+    are the listing's problems (``VideoScan.problems``): they go into the summary and the failure report too.
     """
     selected = [u for u in units if in_shard(u.key, shard)]
-    summary = RunSummary()
+    summary = RunSummary(unlisted=list(unlisted))
     if failures_path is not None:
         Path(failures_path).parent.mkdir(parents=True, exist_ok=True)
     with open(failures_path, "w") if failures_path is not None else contextlib.nullcontext() as failure_file:
+        for problem in summary.unlisted:
+            print(f"warning: {problem}", file=sys.stderr)
+            if failure_file is not None:
+                path, _, reason = problem.partition(": ")
+                failure_file.write(json.dumps({"key": path, "error": reason, "traceback": ""}) + "\n")
         if workers > 1 and len(selected) > 1:
             results = _iterate_parallel(selected, work, min(workers, len(selected)), initializer, initargs)
         else:

@@ -8,6 +8,7 @@ folders of unfinished runs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,11 +50,37 @@ class VideoUnit:
         return str(PurePosixPath(*PurePosixPath(relative).parts[self.video_depth:]))
 
 
-def find_videos(root: str | Path, video_depth: int = 2) -> list[VideoUnit]:
-    """Lists the videos under ``root`` in sorted order; symlinked folders are followed.
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Whether video ``key`` (``identity/video``) belongs to ``shard`` ``(i, n)`` (always true without sharding)."""
+    if shard is None:
+        return True
+    index, count = shard
+    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count == index
+
+
+@dataclass
+class VideoScan:
+    """The videos found under a root, and what could not be listed (one line each, naming the path)."""
+
+    units: list[VideoUnit]
+    problems: list[str]
+
+
+def scan_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] | None = None) -> VideoScan:
+    """Lists the videos under ``root`` in sorted order; symlinked folders are followed, each real folder once.
 
     ``video_depth`` is the depth of a video folder: 2 for ``identity/video``, 3 for ``identity/x/video``.
     The identity is always the first folder and the video the folder at ``video_depth``.
+
+    Why a walk of its own instead of ``os.walk(followlinks=True)``:
+
+    * a folder is entered once per real folder (device, inode), so a symlink loop (``video/again -> ..``) is
+      reported and not followed, instead of counting the same clip under ever longer paths until the path
+      limit, or never finishing with two loops;
+    * with ``shard``, the folders of other shards' videos are not entered at all: n machines list the videos
+      once each instead of every file of the tree n times;
+    * a folder or link that cannot be read lands in ``problems`` with the reason instead of vanishing.
     """
     if video_depth < 2:
         raise ValueError(f"video_depth must be at least 2 (identity/video), got {video_depth}")
@@ -61,26 +88,62 @@ def find_videos(root: str | Path, video_depth: int = 2) -> list[VideoUnit]:
     if not root.is_dir():
         raise FileNotFoundError(f"input folder not found: {root}")
     found: dict[tuple[str, str], dict[str, list[str]]] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        relative_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
-        if len(relative_dir.parts) < video_depth:
-            continue
-        identity, video = relative_dir.parts[0], relative_dir.parts[video_depth - 1]
-        for name in filenames:
-            suffix = os.path.splitext(name)[1].lower()
-            kind = "images" if suffix in IMAGE_SUFFIXES else "clips" if suffix in CLIP_SUFFIXES else None
-            if kind is None or name.startswith("."):
+    problems: list[str] = []
+    entered: dict[tuple[int, int], str] = {}
+    stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
+    while stack:
+        folder, parts = stack.pop()
+        relative_dir = "/".join(parts) or "."
+        try:
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in entered:
+                problems.append(f"{relative_dir}: same folder as {entered[(status.st_dev, status.st_ino)]} "
+                                "(symbolic link loop or second link to it); not entered again")
                 continue
-            files = found.setdefault((identity, video), {"images": [], "clips": []})
-            files[kind].append(str(relative_dir / name))
+            entered[(status.st_dev, status.st_ino)] = relative_dir
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            problems.append(f"{relative_dir}: cannot list this folder ({err.strerror or err})")
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = parts + (entry.name,)
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as err:
+                problems.append(f"{'/'.join(child)}: cannot read ({err.strerror or err})")
+                continue
+            if is_dir:
+                if len(child) != video_depth or in_shard(f"{child[0]}/{child[-1]}", shard):
+                    subfolders.append((entry.path, child))
+                continue
+            if len(parts) < video_depth:
+                continue
+            suffix = os.path.splitext(entry.name)[1].lower()
+            kind = "images" if suffix in IMAGE_SUFFIXES else "clips" if suffix in CLIP_SUFFIXES else None
+            if kind is None:
+                continue
+            if not is_file:
+                problems.append(f"{'/'.join(child)}: broken symbolic link or not a regular file")
+                continue
+            files = found.setdefault((parts[0], parts[video_depth - 1]), {"images": [], "clips": []})
+            files[kind].append("/".join(child))
+        stack += reversed(subfolders)  # depth first, in name order: the first of two links to a folder wins
     units = []
     for (identity, video), files in sorted(found.items()):
         unit = VideoUnit(identity, video, str(root), video_depth)
         units.append(VideoUnit(identity, video, str(root), video_depth,
                                images=tuple(sorted(files["images"], key=lambda f: natural_key(unit.inner(f)))),
                                clips=tuple(sorted(files["clips"], key=lambda f: natural_key(unit.inner(f))))))
-    return units
+    return VideoScan(units, problems)
+
+
+def find_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] | None = None) -> list[VideoUnit]:
+    """The videos of ``scan_videos`` (for callers that report its problems elsewhere or not at all)."""
+    return scan_videos(root, video_depth, shard).units
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:
@@ -91,9 +154,25 @@ def evenly_spaced(total: int, count: int) -> list[int]:
     return [int(i) for i in np.rint(np.linspace(0, total - 1, count))]
 
 
+def unreadable_reason(path: str | Path) -> str:
+    """Why a file cannot be opened for reading (``"Permission denied"``), or ``""`` when it can.
+
+    OpenCV reports a file it cannot open exactly like a file without frames; asking the OS first keeps the two
+    apart in reports."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        return err.strerror or str(err)
+    return ""
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB uint8 HxWx3; ValueError if it cannot be decoded."""
-    data = np.fromfile(str(path), dtype=np.uint8)
+    """An image file as RGB uint8 HxWx3; ValueError if it cannot be read or decoded."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"cannot read image {path}: {err.strerror or err}") from err
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image {path}")
@@ -157,8 +236,11 @@ def sample_frames(unit: VideoUnit, count: int) -> SampledFrames:
         return out
     lengths = []
     for relative in unit.clips:
-        lengths.append(clip_frame_count(unit.path(relative)))
-        if lengths[-1] == 0:
+        reason = unreadable_reason(unit.path(relative))
+        lengths.append(0 if reason else clip_frame_count(unit.path(relative)))
+        if reason:
+            out.problems.append(f"cannot read clip {unit.inner(relative)}: {reason}")
+        elif lengths[-1] == 0:
             out.problems.append(f"cannot open clip or it has no frames: {unit.inner(relative)}")
     starts = np.cumsum([0] + lengths)
     chosen = np.array(evenly_spaced(int(starts[-1]), count), dtype=np.int64)

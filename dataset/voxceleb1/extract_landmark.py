@@ -41,10 +41,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset import store
 from dataset.landmarks import BACKENDS, DetectorLoadError, LandmarkDetector, make_detector
-from dataset.pipeline.faces import choose_main_faces, crop_faces
+from dataset.pipeline.faces import DETECT_MAX_SIDE, choose_main_faces, crop_faces, detect_faces
 from dataset.pipeline.output import atomic_write_json
-from dataset.pipeline.runner import RunSummary, add_run_arguments, run_videos, shard_suffix
-from dataset.pipeline.videos import VideoUnit, find_videos, sample_frames
+from dataset.pipeline.runner import RunSummary, add_run_arguments, bounded, run_videos, shard_suffix
+from dataset.pipeline.videos import VideoUnit, sample_frames, scan_videos
 
 # One detector per process, set by the run's initializer. Detectors pickle as their settings only, so each
 # worker process loads its own models once, and nothing large travels with each video.
@@ -64,7 +64,7 @@ def ready_detector(backend: str, device: str, batch_size: int) -> LandmarkDetect
 
 
 def process_video(unit: VideoUnit, *, out: Path, info: dict, frames_per_video: int, scale: float,
-                  min_frames: int) -> dict:
+                  min_frames: int, max_detect_side: int = DETECT_MAX_SIDE) -> dict:
     """Detects, tracks, crops and stores one video (the work function of the run)."""
     if (store.video_dir(out, unit.identity, unit.video) / store.META_FILE).is_file():
         return {"status": "skipped"}
@@ -73,7 +73,7 @@ def process_video(unit: VideoUnit, *, out: Path, info: dict, frames_per_video: i
         raise ValueError("no readable frame: " + "; ".join(sampled.problems or ["no images or clips"]))
     names = [name for name, _ in sampled.frames]
     images = [image for _, image in sampled.frames]
-    detections = _detector.detect(images)
+    detections = detect_faces(_detector, images, max_detect_side)
     main_faces = choose_main_faces(detections, [image.shape for image in images])
     kept = [i for i, face in enumerate(main_faces) if face is not None]
     crops, points = crop_faces([images[i] for i in kept], [main_faces[i] for i in kept], info["image_size"], scale)
@@ -102,17 +102,22 @@ def extract_landmarks(root: Path, out: Path, *, backend: str = "dlib", device: s
                       batch_size: int = 32, frames_per_video: int = 32, scale: float = 1.8,
                       encoding: str = "jpeg", quality: int = 95, min_frames: int = 9,
                       test_identities: set[str] | None = None, test_fraction: float = store.DEFAULT_TEST_FRACTION,
-                      workers: int = 1, shard=None, video_depth: int = 2) -> RunSummary:
+                      workers: int = 1, shard=None, video_depth: int = 2,
+                      max_detect_side: int = DETECT_MAX_SIDE) -> RunSummary:
     """Writes (or completes) the store ``out`` from the videos of ``root``; returns the run summary."""
     out = Path(out)
+    if not scale > 0 or max_detect_side < 1 or frames_per_video < 0:
+        raise ValueError(f"need scale > 0, max_detect_side >= 1 and frames_per_video >= 0; got {scale}, "
+                         f"{max_detect_side} and {frames_per_video}")
     info = store.open_store_for_writing(out, size, encoding, quality)
-    units = [u for u in find_videos(root, video_depth) if u.images or u.clips]
+    scan = scan_videos(root, video_depth, shard)
+    units = [u for u in scan.units if u.images or u.clips]
     detector = ready_detector(backend, device, batch_size)
     work = functools.partial(process_video, out=out, info=info, frames_per_video=frames_per_video, scale=scale,
-                             min_frames=min_frames)
+                             min_frames=min_frames, max_detect_side=max_detect_side)
     summary = run_videos(units, work, workers=workers, shard=shard, desc=f"landmarks ({backend})",
                          failures_path=out / f"failures{shard_suffix(shard)}.jsonl",
-                         initializer=set_detector, initargs=(detector,))
+                         initializer=set_detector, initargs=(detector,), unlisted=scan.problems)
     index = store.build_index(out, test_identities, test_fraction)
     # From the index, so that videos finished by earlier runs or other shards are listed too.
     short = [f"{e['identity']}/{e['video']} ({e['frames']} frames)" for e in index["videos"]
@@ -136,17 +141,21 @@ def main(argv: list[str] | None = None) -> RunSummary:
     parser.add_argument("--backend", choices=BACKENDS, default="face_alignment",
                         help="landmark detector: face_alignment (the paper's, GPU) or dlib (CPU, offline)")
     parser.add_argument("--device", default="cpu", help="device of the face_alignment backend (cpu, cuda, cuda:1)")
-    parser.add_argument("--batch-size", type=int, default=32, help="frames per face_alignment GPU batch")
-    parser.add_argument("--size", type=int, default=256, help="side of the stored square crops (default 256)")
-    parser.add_argument("--scale", type=float, default=1.8,
+    parser.add_argument("--batch-size", type=bounded(int, 1), default=32, help="frames per face_alignment GPU batch")
+    parser.add_argument("--size", type=bounded(int, store.MIN_IMAGE_SIZE), default=256,
+                        help="side of the stored square crops (default 256)")
+    parser.add_argument("--scale", type=bounded(float, high=10.0, above=0.0), default=1.8,
                         help="crop side / extent of the landmarks (default 1.8: forehead and chin fit)")
-    parser.add_argument("--frames-per-video", type=int, default=32,
+    parser.add_argument("--frames-per-video", type=bounded(int, 0), default=32,
                         help="evenly spaced frames per video (default 32; 0 = all)")
-    parser.add_argument("--min-frames", type=int, default=9,
+    parser.add_argument("--max-detect-side", type=bounded(int, 64), default=DETECT_MAX_SIDE,
+                        help="the detector sees frames shrunk to at most this many pixels a side; crops are cut "
+                             f"from the full frame (default {DETECT_MAX_SIDE})")
+    parser.add_argument("--min-frames", type=bounded(int, 0), default=9,
                         help="report videos with fewer usable frames (they are stored anyway; default 9 = K+1)")
     parser.add_argument("--encoding", choices=store.ENCODINGS, default="jpeg",
                         help="frame storage: jpeg (~10x smaller) or raw uint8 (faster to read)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    parser.add_argument("--quality", type=bounded(int, 1, 100), default=95, help="JPEG quality (default 95)")
     store.add_split_arguments(parser)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
@@ -156,8 +165,9 @@ def main(argv: list[str] | None = None) -> RunSummary:
             batch_size=args.batch_size, frames_per_video=args.frames_per_video, scale=args.scale,
             encoding=args.encoding, quality=args.quality, min_frames=args.min_frames,
             test_identities=store.parse_identities(args.test_identities) if args.test_identities else None,
-            test_fraction=args.test_fraction, workers=args.workers, shard=args.shard, video_depth=args.video_depth)
-    except (DetectorLoadError, store.StoreError) as err:
+            test_fraction=args.test_fraction, workers=args.workers, shard=args.shard, video_depth=args.video_depth,
+            max_detect_side=args.max_detect_side)
+    except (DetectorLoadError, store.StoreError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
 
 

@@ -25,8 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset.pipeline.output import write_frame_folder
-from dataset.pipeline.runner import RunSummary, add_run_arguments, run_videos, shard_suffix
-from dataset.pipeline.videos import VideoUnit, evenly_spaced, find_videos
+from dataset.pipeline.runner import RunSummary, add_run_arguments, bounded, run_videos, shard_suffix
+from dataset.pipeline.videos import VideoUnit, evenly_spaced, scan_videos
 
 
 def sample_video(unit: VideoUnit, *, out: Path, frames_per_video: int) -> dict:
@@ -49,10 +49,13 @@ def sample_frame(root: Path, out: Path, frames_per_video: int = 32, *, workers: 
                  video_depth: int = 2) -> RunSummary:
     """Runs the sampling over every video of ``root`` (in ``shard``); returns the summary."""
     out = Path(out)
-    units = [u for u in find_videos(root, video_depth) if u.images]
+    if frames_per_video < 0:
+        raise ValueError(f"frames_per_video must be at least 0, got {frames_per_video}")
+    scan = scan_videos(root, video_depth, shard)
+    units = [u for u in scan.units if u.images]
     work = functools.partial(sample_video, out=out, frames_per_video=frames_per_video)
     summary = run_videos(units, work, workers=workers, shard=shard, desc="sampling frames",
-                         failures_path=out / f"failures{shard_suffix(shard)}.jsonl")
+                         failures_path=out / f"failures{shard_suffix(shard)}.jsonl", unlisted=scan.problems)
     print(summary.format())
     return summary
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> RunSummary:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--root", type=Path, required=True, help="folder holding idNNNNN/VIDEO_ID/.../*.jpg")
     parser.add_argument("--out", type=Path, required=True, help="output folder for idNNNNN/VIDEO_ID/NNNN.jpg")
-    parser.add_argument("--frames-per-video", type=int, default=32,
+    parser.add_argument("--frames-per-video", type=bounded(int, 0), default=32,
                         help="evenly spaced frames per video (default 32; 0 = every frame)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)

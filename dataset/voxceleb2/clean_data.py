@@ -11,9 +11,11 @@ container claims (CAP_PROP_FRAME_COUNT; a truncated file with its index at the f
 By default the bad clips are only listed, in the summary and in ``--report`` (JSON). ``--quarantine DIR`` moves
 them to DIR under the same relative path (never overwriting: a name taken there gets a ``.1``, ``.2`` ...).
 
-Resuming: each checked video is appended to ``<report>.journal.jsonl`` as soon as it is done; a rerun skips the
-videos found there (delete the journal to check everything again) and rebuilds the report from it. A rerun with
-``--quarantine`` after a listing run moves the clips listed before without decoding them again.
+Resuming: each checked video is appended to ``<report>.journal.jsonl`` as soon as it is done, with the resolved
+root it was found under; a rerun on the same root skips the videos found there (delete the journal to check
+everything again) and rebuilds the report from it. A rerun with ``--quarantine`` after a listing run moves the
+clips listed before without decoding them again. Records of another root are never taken for this one's: two
+trees with the same identity and video names (dev and test, or a copy) share a report name safely.
 """
 from __future__ import annotations
 
@@ -30,12 +32,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import cv2
 
 from dataset.pipeline.output import atomic_write_json
-from dataset.pipeline.runner import add_run_arguments, in_shard, run_videos, shard_suffix
-from dataset.pipeline.videos import VideoUnit, find_videos
+from dataset.pipeline.runner import add_run_arguments, bounded, run_videos, shard_suffix
+from dataset.pipeline.videos import VideoUnit, scan_videos, unreadable_reason
 
 
 def check_clip(path: Path, max_missing_frames: int = 0) -> dict:
     """Decodes every frame of one clip; returns ``{"ok", "reason", "claimed", "decoded"}``."""
+    unreadable = unreadable_reason(path)
+    if unreadable:
+        return {"ok": False, "reason": f"cannot read the file ({unreadable})", "claimed": 0, "decoded": 0}
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
@@ -71,10 +76,12 @@ def check_video(unit: VideoUnit, max_missing_frames: int = 0) -> dict:
                                                                          "bad_clips": bad}}
 
 
-def read_journal(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
-    """Checked videos by key, and the moves already made (clip -> destination) from a journal file.
+def read_journal(path: Path, root: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Checked videos by key, and the moves already made (clip -> destination), of ``root`` (resolved) only.
 
-    A run killed while appending leaves at most its last line cut short; such a line is ignored.
+    A run killed while appending leaves at most its last line cut short; such a line is ignored. Records without
+    a root (journals of earlier versions) cannot be told apart and are ignored too: those videos are checked
+    again.
     """
     checked, moved = {}, {}
     if path.is_file():
@@ -82,6 +89,8 @@ def read_journal(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or record.get("root") != root:
                 continue
             if "moved" in record:
                 moved[record["moved"]] = record["to"]
@@ -98,7 +107,7 @@ def _free_destination(path: Path) -> Path:
     return candidate
 
 
-def quarantine_clips(root: Path, quarantine: Path, clips: list[str], journal) -> dict[str, str]:
+def quarantine_clips(root: Path, quarantine: Path, clips: list[str], journal, journal_root: str) -> dict[str, str]:
     """Moves the clips (relative to root) that are still in place to ``quarantine``; returns clip -> destination."""
     moved = {}
     for relative in clips:
@@ -109,7 +118,7 @@ def quarantine_clips(root: Path, quarantine: Path, clips: list[str], journal) ->
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(destination))
         moved[relative] = str(destination)
-        journal.write(json.dumps({"moved": relative, "to": str(destination)}) + "\n")
+        journal.write(json.dumps({"root": journal_root, "moved": relative, "to": str(destination)}) + "\n")
         journal.flush()
     return moved
 
@@ -119,23 +128,25 @@ def clean(root: Path, report: Path, quarantine: Path | None = None, *, workers: 
     """Checks the clips under ``root``, writes ``report`` and returns it (a dict)."""
     root, report = Path(root), Path(report)
     journal_path = report.with_name(report.name + ".journal.jsonl")
-    checked, moved = read_journal(journal_path)
-    units = [u for u in find_videos(root, video_depth) if u.clips and in_shard(u.key, shard)]
+    resolved = str(root.resolve())
+    checked, moved = read_journal(journal_path, resolved)
+    scan = scan_videos(root, video_depth, shard)
+    units = [u for u in scan.units if u.clips]
     todo = [u for u in units if u.key not in checked]
     report.parent.mkdir(parents=True, exist_ok=True)
     with open(journal_path, "a") as journal:
         def record(result: dict) -> None:
             if result["status"] == "done":
                 checked[result["key"]] = result
-                journal.write(json.dumps(result) + "\n")
+                journal.write(json.dumps({"root": resolved, **result}) + "\n")
                 journal.flush()
 
         summary = run_videos(todo, functools.partial(check_video, max_missing_frames=max_missing_frames),
                              workers=workers, desc="checking clips", on_result=record,
-                             failures_path=report.with_name(report.stem + ".failures.jsonl"))
+                             failures_path=report.with_name(report.stem + ".failures.jsonl"), unlisted=scan.problems)
         bad = [clip for video in checked.values() for clip in video["clips"] if not clip["ok"]]
         if quarantine is not None:
-            moved.update(quarantine_clips(root, Path(quarantine), [c["clip"] for c in bad], journal))
+            moved.update(quarantine_clips(root, Path(quarantine), [c["clip"] for c in bad], journal, resolved))
     summary.counts["skipped"] += len(units) - len(todo)
     result = {
         "root": str(root),
@@ -143,6 +154,7 @@ def clean(root: Path, report: Path, quarantine: Path | None = None, *, workers: 
         "checked_clips": sum(len(v["clips"]) for v in checked.values()),
         "bad_clips": [{**clip, "quarantined_to": moved.get(clip["clip"])} for clip in bad],
         "failed_videos": [{"key": f["key"], "error": f["error"]} for f in summary.failures],
+        "unlisted": scan.problems,
         "run": summary.to_dict(),
     }
     atomic_write_json(report, result)
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="JSON report to write (default clean_report.json; a shard adds .shard-i-of-n)")
     parser.add_argument("--quarantine", type=Path, default=None,
                         help="move bad clips here, keeping their relative paths (default: only list them)")
-    parser.add_argument("--max-missing-frames", type=int, default=0,
+    parser.add_argument("--max-missing-frames", type=bounded(int, 0), default=0,
                         help="frames a clip may decode fewer than its container claims and still pass (default 0)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)

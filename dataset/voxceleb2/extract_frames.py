@@ -25,8 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset.pipeline.output import encode_image, write_frame_folder
-from dataset.pipeline.runner import RunSummary, add_run_arguments, run_videos, shard_suffix
-from dataset.pipeline.videos import VideoUnit, find_videos, sample_frames
+from dataset.pipeline.runner import RunSummary, add_run_arguments, bounded, run_videos, shard_suffix
+from dataset.pipeline.videos import VideoUnit, sample_frames, scan_videos
 
 
 def extract_video(unit: VideoUnit, *, out: Path, frames_per_video: int, suffix: str, quality: int) -> dict:
@@ -47,11 +47,14 @@ def extract_frames(root: Path, out: Path, frames_per_video: int = 32, *, image_f
                    quality: int = 95, workers: int = 1, shard=None, video_depth: int = 2) -> RunSummary:
     """Runs the extraction over every video of ``root`` (in ``shard``); returns the summary."""
     out = Path(out)
-    units = [u for u in find_videos(root, video_depth) if u.clips]
+    if frames_per_video < 0 or not 1 <= quality <= 100:
+        raise ValueError(f"need frames_per_video >= 0 and 1 <= quality <= 100, got {frames_per_video}, {quality}")
+    scan = scan_videos(root, video_depth, shard)
+    units = [u for u in scan.units if u.clips]
     work = functools.partial(extract_video, out=out, frames_per_video=frames_per_video, suffix=f".{image_format}",
                              quality=quality)
     summary = run_videos(units, work, workers=workers, shard=shard, desc="extracting frames",
-                         failures_path=out / f"failures{shard_suffix(shard)}.jsonl")
+                         failures_path=out / f"failures{shard_suffix(shard)}.jsonl", unlisted=scan.problems)
     print(summary.format())
     return summary
 
@@ -61,11 +64,11 @@ def main(argv: list[str] | None = None) -> RunSummary:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--root", type=Path, required=True, help="folder holding idNNNNN/VIDEO_ID/NNNNN.mp4")
     parser.add_argument("--out", type=Path, required=True, help="output folder for idNNNNN/VIDEO_ID/NNNN.jpg")
-    parser.add_argument("--frames-per-video", type=int, default=32,
+    parser.add_argument("--frames-per-video", type=bounded(int, 0), default=32,
                         help="evenly spaced frames per video, over all its clips (default 32; 0 = every frame)")
     parser.add_argument("--format", dest="image_format", choices=["jpg", "png"], default="jpg",
                         help="image format of the written frames (default jpg)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    parser.add_argument("--quality", type=bounded(int, 1, 100), default=95, help="JPEG quality (default 95)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     return extract_frames(args.root, args.out, args.frames_per_video, image_format=args.image_format,
