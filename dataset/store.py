@@ -43,11 +43,16 @@ together: rebuilding the index with more videos renumbers the rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import logging
 import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -56,6 +61,7 @@ from torch.utils.data import Dataset
 
 from dataset.landmarks import draw_landmarks, flip_landmarks
 from dataset.pipeline.output import atomic_write_json, atomic_write_text, encode_image, staged_dir
+from dataset.pipeline.videos import VideoUnit
 
 STORE_FORMAT = "talking-head-store"
 STORE_VERSION = 1
@@ -64,7 +70,11 @@ VIDEOS_DIR = "videos"
 INDEX_FILE = "index.json"
 INFO_FILE = "store.json"
 META_FILE = "meta.json"
+QUARANTINE_FILE = "quarantine.json"
 DEFAULT_TEST_FRACTION = 0.05
+logger = logging.getLogger(__name__)
+# Smallest crop side a store accepts: below it the 68 landmarks no longer draw as distinct parts.
+MIN_IMAGE_SIZE = 8
 
 
 class StoreError(ValueError):
@@ -80,6 +90,10 @@ def open_store_for_writing(root: Path, image_size: int, encoding: str = "jpeg", 
     """Creates ``root/store.json``, or checks that an existing store has the same image size and encoding."""
     if encoding not in ENCODINGS:
         raise StoreError(f"unknown encoding {encoding!r}; valid encodings: {', '.join(ENCODINGS)}")
+    if not (isinstance(image_size, int) and image_size >= MIN_IMAGE_SIZE):
+        raise StoreError(f"image_size must be an integer of at least {MIN_IMAGE_SIZE}, got {image_size!r}")
+    if not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise StoreError(f"JPEG quality must be an integer from 1 to 100, got {quality!r}")
     info = {"format": STORE_FORMAT, "version": STORE_VERSION, "image_size": image_size, "encoding": encoding,
             "quality": quality}
     path = Path(root) / INFO_FILE
@@ -162,27 +176,49 @@ def parse_identities(text: str) -> set[str]:
     return identities
 
 
+def _read_frame_count(meta_path: Path) -> int | None:
+    try:
+        return int(json.loads(meta_path.read_text())["frames"])
+    except FileNotFoundError:
+        return None  # not a finished video folder (or removed meanwhile)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"{meta_path}: unreadable ({type(err).__name__}: {err}); remove the video folder to "
+                         "redo it, or repair the file") from err
+
+
+def read_quarantine(root: Path) -> dict[str, list[str]]:
+    """Videos taken out of the index by ``verify --quarantine``: ``{"identity/video": [reasons]}``."""
+    path = Path(root) / QUARANTINE_FILE
+    return json.loads(path.read_text())["videos"] if path.is_file() else {}
+
+
 def build_index(root: Path, test_identities: set[str] | None = None,
-                test_fraction: float = DEFAULT_TEST_FRACTION) -> dict:
+                test_fraction: float = DEFAULT_TEST_FRACTION, threads: int = 16) -> dict:
     """Scans the video folders of a store and writes ``index.json`` atomically; returns the index.
 
-    Videos without frames are left out. ``video_index`` numbers each split's videos in (identity, video) order.
+    Videos without frames, and videos in ``quarantine.json``, are left out. ``video_index`` numbers each split's
+    videos in (identity, video) order. The meta files are read by ``threads`` threads: at VoxCeleb2's 145k videos
+    the cost is the latency of opening one small file per video, which on network storage is milliseconds each and
+    overlaps across threads.
     """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be within [0, 1], got {test_fraction}")
     root = Path(root)
     info = read_store_info(root)
-    entries = []
+    quarantined = read_quarantine(root)
     videos = root / VIDEOS_DIR
+    folders = []
     for identity in sorted(os.listdir(videos)) if videos.is_dir() else []:
         if identity.startswith(".") or not (videos / identity).is_dir():
             continue
-        for video in sorted(os.listdir(videos / identity)):
-            meta_path = videos / identity / video / META_FILE
-            if video.startswith(".") or not meta_path.is_file():
-                continue
-            frames = json.loads(meta_path.read_text())["frames"]
-            if frames > 0:
-                entries.append({"identity": identity, "video": video, "path": f"{VIDEOS_DIR}/{identity}/{video}",
-                                "frames": frames, "split": identity_split(identity, test_identities, test_fraction)})
+        folders += [(identity, video) for video in sorted(os.listdir(videos / identity))
+                    if not video.startswith(".") and f"{identity}/{video}" not in quarantined]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        counts = list(pool.map(lambda f: _read_frame_count(videos / f[0] / f[1] / META_FILE), folders,
+                               chunksize=256))
+    entries = [{"identity": identity, "video": video, "path": f"{VIDEOS_DIR}/{identity}/{video}", "frames": frames,
+                "split": identity_split(identity, test_identities, test_fraction)}
+               for (identity, video), frames in zip(folders, counts) if frames]
     counters = {"train": 0, "test": 0}
     for entry in entries:
         entry["video_index"] = counters[entry["split"]]
@@ -192,12 +228,16 @@ def build_index(root: Path, test_identities: set[str] | None = None,
               "split": {"test_identities": sorted(test_identities) if test_identities is not None else None,
                         "test_fraction": None if test_identities is not None else test_fraction},
               "num_videos": counters,
-              "num_identities": {s: len({e["identity"] for e in entries if e["split"] == s}) for s in counters}}
+              "num_identities": {s: len({e["identity"] for e in entries if e["split"] == s}) for s in counters},
+              "quarantined": len(quarantined)}
+    _write_index(root, header, entries)
+    return {**header, "videos": entries}
+
+
+def _write_index(root: Path, header: dict, entries: list[dict]) -> None:
     # One video per line keeps a 150k-video index readable with grep and diff.
     body = ",\n".join(json.dumps(entry) for entry in entries)
-    text = json.dumps(header)[:-1] + ', "videos": [\n' + body + "\n]}\n"
-    atomic_write_text(root / INDEX_FILE, text)
-    return {**header, "videos": entries}
+    atomic_write_text(Path(root) / INDEX_FILE, json.dumps(header)[:-1] + ', "videos": [\n' + body + "\n]}\n")
 
 
 def indexed_units(root: Path, units_root: Path | None = None) -> list:
@@ -219,32 +259,136 @@ def load_index(root: Path) -> dict:
     return index
 
 
+# The entries of the last index looked up by name, with the file's identity: a command that opens many videos of
+# one store one at a time (evaluation over 50 videos, fine-tuning per person) parses a 145k-video index once, not
+# once per video. A rewritten index (new inode or mtime) is parsed again.
+_lookup_cache: dict[str, tuple[tuple, dict, dict[str, dict]]] = {}
+
+
+def lookup_video(root: Path, video: str) -> tuple[dict, dict]:
+    """``(index header, entry)`` of stored video ``"identity/video_id"``; ``StoreError`` if it is not indexed."""
+    path = Path(root) / INDEX_FILE
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"{root} has no {INDEX_FILE}; build it with: python -m dataset.store index {root}") from None
+    signature = (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+    key = str(path.resolve())
+    cached = _lookup_cache.get(key)
+    if cached is None or cached[0] != signature:
+        index = load_index(root)
+        entries = {f"{e['identity']}/{e['video']}": e for e in index.pop("videos")}
+        _lookup_cache.clear()  # one store at a time: an index is tens of MB in memory
+        _lookup_cache[key] = cached = (signature, index, entries)
+    if video not in cached[2]:
+        raise StoreError(f"{root}: no video {video!r} in the index")
+    return dict(cached[1]), dict(cached[2][video])
+
+
+class VideoTable(Sequence):
+    """The videos a Dataset serves, as rows ``(path, frames, video_index, identity)`` held in four numpy arrays.
+
+    A list of 145k tuples of Python strings and ints costs about 40 MB and, being made of refcounted objects, is
+    copied page by page into every forked DataLoader worker as soon as the worker touches it (and pickled whole
+    into every spawned one). Numpy arrays are a few MB, pickle as one buffer and are only ever read."""
+
+    def __init__(self, entries: Sequence[dict]):
+        self._paths = np.array([e["path"].encode("utf-8") for e in entries], dtype=bytes)
+        self._frames = np.array([e["frames"] for e in entries], dtype=np.int32)
+        self._rows = np.array([e["video_index"] for e in entries], dtype=np.int64)
+        self._identities, codes = np.unique(np.array([e["identity"] for e in entries], dtype=str),
+                                            return_inverse=True)
+        self._codes = codes.astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i: int) -> tuple[str, int, int, str]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"video {i} of {len(self)}")
+        return (self._paths[i].decode("utf-8"), int(self._frames[i]), int(self._rows[i]),
+                str(self._identities[self._codes[i]]))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_points(folder: Path) -> np.ndarray:
-    return np.load(Path(folder) / "points.npy")
+class DamagedVideoError(StoreError):
+    """A stored video's files do not read back as they were written: truncated or undecodable frames, points that
+    are not finite or far outside the crop, counts that disagree. Training skips such a sample; ``python -m
+    dataset.store verify ROOT`` lists every such video."""
 
 
-def read_frames(folder: Path, encoding: str, indices: Sequence[int]) -> list[np.ndarray]:
-    """Frames ``indices`` of one stored video as RGB uint8 SxSx3 arrays (one open file, one read per frame)."""
+# Stored points lie on or near their crop (the crop is cut around them); farther than one crop side outside it they
+# are garbage, whatever wrote them.
+POINT_MARGIN = 1.0
+
+
+def read_points(folder: Path, frames: int | None = None, size: int | None = None) -> np.ndarray:
+    """A stored video's (N, 68, 2) landmarks; ``DamagedVideoError`` if they do not load, are not finite, are not
+    ``frames`` sets (when given) or lie more than ``POINT_MARGIN`` crop sides outside a ``size`` crop (when given)."""
+    path = Path(folder) / "points.npy"
+    try:
+        points = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DamagedVideoError(f"{path}: cannot load the points ({type(err).__name__}: {err})") from err
+    if points.ndim != 3 or points.shape[1:] != (68, 2) or (frames is not None and len(points) != frames):
+        raise DamagedVideoError(f"{path}: shape {points.shape}, expected ({frames if frames is not None else 'N'}, "
+                                "68, 2)")
+    if not np.isfinite(points).all():
+        bad = np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))
+        raise DamagedVideoError(f"{path}: non-finite points in frames {bad[:8].tolist()}")
+    if size is not None and len(points) and (points.min() < -POINT_MARGIN * size
+                                             or points.max() > (1 + POINT_MARGIN) * size):
+        raise DamagedVideoError(f"{path}: points out of range ({points.min():.4g} .. {points.max():.4g} for a "
+                                f"{size}x{size} crop)")
+    return points
+
+
+def read_frames(folder: Path, encoding: str, indices: Sequence[int], size: int | None = None) -> list[np.ndarray]:
+    """Frames ``indices`` of one stored video as RGB uint8 SxSx3 arrays (one open file, one read per frame).
+
+    ``DamagedVideoError`` when a frame is missing, truncated (a JPEG blob must end with the EOI marker that every
+    encoder writes; libjpeg itself decodes a cut-off file into a grey-filled image without an error), does not
+    decode, or (with ``size``) is not SxSx3. Bit flips inside a JPEG that still decodes cannot be seen here."""
     folder = Path(folder)
-    if encoding == "raw":
-        frames = np.load(folder / "frames.npy", mmap_mode="r")
-        return [np.array(frames[i]) for i in indices]
-    offsets = np.load(folder / "offsets.npy")
-    out = []
-    with open(folder / "frames.bin", "rb") as f:
-        for i in indices:
-            f.seek(int(offsets[i]))
-            data = np.frombuffer(f.read(int(offsets[i + 1] - offsets[i])), np.uint8)
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-            if image is None:
-                raise StoreError(f"{folder}: frame {i} does not decode")
-            out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    return out
+    try:
+        if encoding == "raw":
+            frames = np.load(folder / "frames.npy", mmap_mode="r")
+            if frames.ndim != 4 or (size is not None and frames.shape[1:] != (size, size, 3)):
+                raise DamagedVideoError(f"{folder}/frames.npy: shape {frames.shape}")
+            if len(indices) and max(indices) >= len(frames):
+                raise DamagedVideoError(f"{folder}/frames.npy holds {len(frames)} frames, asked for {max(indices)}")
+            return [np.array(frames[i]) for i in indices]
+        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+        out = []
+        with open(folder / "frames.bin", "rb") as f:
+            # A cut-off file (a full disk, an interrupted copy) is caught whichever frames are asked for.
+            stored = os.fstat(f.fileno()).st_size
+            if len(offsets) == 0 or stored != int(offsets[-1]):
+                raise DamagedVideoError(f"{folder}/frames.bin is truncated or extended: {stored} bytes, its offsets "
+                                        f"say {int(offsets[-1]) if len(offsets) else 'none'}")
+            for i in indices:
+                if not 0 <= i < len(offsets) - 1:
+                    raise DamagedVideoError(f"{folder}: frame {i} is not among its {len(offsets) - 1} frames")
+                start, stop = int(offsets[i]), int(offsets[i + 1])
+                f.seek(start)
+                blob = f.read(max(stop - start, 0))
+                if stop <= start or len(blob) != stop - start or blob[:2] != b"\xff\xd8" or blob[-2:] != b"\xff\xd9":
+                    raise DamagedVideoError(f"{folder}/frames.bin: frame {i} is truncated ({len(blob)} of "
+                                            f"{stop - start} bytes, or not a whole JPEG)")
+                image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+                if image is None or (size is not None and image.shape != (size, size, 3)):
+                    raise DamagedVideoError(f"{folder}/frames.bin: frame {i} does not decode"
+                                            + ("" if image is None else f" to {size}x{size}x3 ({image.shape})"))
+                out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return out
+    except DamagedVideoError:
+        raise
+    except (OSError, ValueError, EOFError) as err:  # np.load of a cut-off file, a missing file
+        raise DamagedVideoError(f"{folder}: cannot read its frames ({type(err).__name__}: {err})") from err
 
 
 def resize_sample(frames: list[np.ndarray], points: np.ndarray, size: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -308,10 +452,18 @@ class MetaDataset(Dataset):
     ``as_uint8=True`` returns ``frames`` and ``landmarks`` as uint8 0..255 instead: a quarter of the bytes to
     move from the DataLoader workers (shared memory) and to the GPU, where ``to_unit_range`` converts them. A
     256x256 K=8 episode is 14 MB as float32, and moving that dominates loading (see bench/dataloader.py).
+
+    Damaged videos (``DamagedVideoError``: truncated or undecodable frames, non-finite or out-of-range points) do
+    not end a multi-day run: the item of the next video in the index (wrapping around) is returned instead, built
+    exactly as that video's own item, one warning naming the video and the reason is logged per video and
+    process, and the item's ``"skipped"`` says how many damaged videos were passed over to make it (0 normally).
+    The training loop sums it per batch and stops past ``data.max_skipped_fraction``; after ``max_skips``
+    damaged videos in a row the item fails with an error naming the store.
     """
 
     def __init__(self, root: str | Path, split: str = "train", k_shots: int = 8, image_size: int | None = None,
-                 flip_prob: float = 0.5, landmark_thickness: int = 2, seed: int = 0, as_uint8: bool = False):
+                 flip_prob: float = 0.5, landmark_thickness: int = 2, seed: int = 0, as_uint8: bool = False,
+                 max_skips: int = 32):
         if k_shots < 1:
             raise ValueError(f"k_shots must be at least 1, got {k_shots}")
         self.root = Path(root)
@@ -327,13 +479,13 @@ class MetaDataset(Dataset):
         self.thickness = scaled_thickness(landmark_thickness, self.image_size)
         self.seed = seed
         self.as_uint8 = as_uint8
+        self.max_skips = max_skips
         self.epoch = 0
-        in_split = [e for e in index["videos"] if e["split"] == split]
-        self._num_videos = len(in_split)
-        # Compact tuples (path, frames, video_index, identity): small to pickle into every worker.
-        self.videos = [(e["path"], e["frames"], e["video_index"], e["identity"]) for e in in_split
-                       if e["frames"] >= k_shots + 1]
-        if not self.videos:
+        # Rows of W: a quarantined video keeps its row (index.json keeps its numbering) until the next rebuild.
+        self._num_videos = index["num_videos"][split]
+        self.videos = VideoTable([e for e in index["videos"] if e["split"] == split and e["frames"] >= k_shots + 1])
+        self._warned: set[str] = set()
+        if not len(self.videos):
             raise StoreError(f"{self.root}: no {split} video has at least K+1={k_shots + 1} frames "
                              f"({self._num_videos} {split} videos in the index)")
 
@@ -350,14 +502,18 @@ class MetaDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
+        return read_skipping_damaged(self, index, lambda i: self.episode(i, epoch))
+
+    def episode(self, index: int, epoch: int) -> dict:
+        """The item of video ``index`` in ``epoch``; ``DamagedVideoError`` if its files are damaged."""
         path, count, video_index, identity = self.videos[index]
         rng = np.random.default_rng((self.seed, epoch, index))
         chosen = rng.choice(count, self.k_shots + 1, replace=False)
         # Drawn even when flip_prob is 0 or 1, so the frame choice never depends on flip_prob.
         flip = rng.random() < self.flip_prob
         folder = self.root / path
-        frames = read_frames(folder, self.encoding, chosen)
-        points = read_points(folder)[chosen]
+        frames = read_frames(folder, self.encoding, chosen, self.stored_size)
+        points = read_points(folder, count, self.stored_size)[chosen]
         frames, points = resize_sample(frames, points, self.image_size)
         if flip:
             frames, points = _flip(frames, points, self.image_size)
@@ -367,6 +523,29 @@ class MetaDataset(Dataset):
                 "points": torch.from_numpy(np.ascontiguousarray(points, np.float32)),
                 "frame_indices": torch.from_numpy(chosen.astype(np.int64)),
                 "video_index": video_index, "identity": identity}
+
+
+def read_skipping_damaged(dataset, index: int, read) -> dict:
+    """``read(index)``, or on ``DamagedVideoError`` ``read`` of the next videos in order until one is whole, with
+    ``"skipped"`` set to the number passed over (see ``MetaDataset``).
+
+    ``dataset`` has ``root``, ``videos`` (rows starting with the path), ``max_skips`` and a ``_warned`` set."""
+    count = len(dataset.videos)
+    for skipped in range(min(dataset.max_skips, count - 1) + 1):
+        candidate = (index + skipped) % count
+        try:
+            item = read(candidate)
+        except DamagedVideoError as err:
+            path = dataset.videos[candidate][0]
+            if path not in dataset._warned:
+                dataset._warned.add(path)
+                logger.warning("skipping damaged video %s: %s", path, err)
+            continue
+        item["skipped"] = skipped
+        return item
+    raise StoreError(f"{dataset.root}: {skipped + 1} damaged videos in a row from video {index} "
+                     f"({dataset.videos[index][0]}) on; list them with: python -m dataset.store verify "
+                     f"{dataset.root}")
 
 
 class FewShotDataset(Dataset):
@@ -402,11 +581,8 @@ class FewShotDataset(Dataset):
         """The frames of stored video ``video`` ("identity/video_id"): ``frame_indices``, or ``t_shots``
         evenly spaced frames, or all of them."""
         root = Path(root)
-        identity, _, video_id = video.partition("/")
-        entries = [e for e in load_index(root)["videos"] if e["identity"] == identity and e["video"] == video_id]
-        if not entries:
-            raise StoreError(f"{root}: no video {video!r} in the index")
-        entry = entries[0]
+        header, entry = lookup_video(root, video)
+        identity = entry["identity"]
         if frame_indices is None:
             count = entry["frames"] if t_shots is None else t_shots
             frame_indices = np.rint(np.linspace(0, entry["frames"] - 1, min(count, entry["frames"]))).astype(int)
@@ -414,8 +590,9 @@ class FewShotDataset(Dataset):
         if any(not 0 <= i < entry["frames"] for i in frame_indices):
             raise ValueError(f"{video} has {entry['frames']} frames; asked for {frame_indices}")
         folder = root / entry["path"]
-        frames = read_frames(folder, read_store_info(root)["encoding"], frame_indices)
-        return cls(frames, read_points(folder)[frame_indices], identity=identity, **kwargs)
+        frames = read_frames(folder, header["encoding"], frame_indices, header["image_size"])
+        points = read_points(folder, entry["frames"], header["image_size"])[frame_indices]
+        return cls(frames, points, identity=identity, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -449,7 +626,9 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-identities", default=None, metavar="FILE_OR_LIST",
                         help="identities of the test split: a file with one per line (first field), or a "
                              "comma-separated list; the others are train. Default: hash split")
-    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+    from dataset.pipeline.runner import bounded
+
+    parser.add_argument("--test-fraction", type=bounded(float, 0.0, 1.0), default=DEFAULT_TEST_FRACTION,
                         help=f"without --test-identities, the fraction of identities in the test split, chosen by "
                              f"a hash of the name (default {DEFAULT_TEST_FRACTION})")
 
@@ -463,7 +642,100 @@ def describe_index(index: dict) -> str:
             f"{sum(frames)} frames (per video min {min(frames, default=0)}, max {max(frames, default=0)})")
 
 
-def main(argv: list[str] | None = None) -> None:
+# Frames decoded at a time by verify: bounded memory whatever a video's length.
+_VERIFY_CHUNK = 64
+
+
+def check_stored_video(folder: Path, encoding: str, size: int, frames: int) -> list[str]:
+    """Every problem of one stored video's files (empty when it reads back whole): meta.json and the index agree on
+    the frame count, the points are finite and in range, every frame decodes at ``size`` (and, as JPEG, the byte
+    offsets cover ``frames.bin`` exactly), and the HeadGAN files, where present, load, are finite and agree."""
+    folder = Path(folder)
+    problems = []
+    try:
+        meta_frames = json.loads((folder / META_FILE).read_text())["frames"]
+        if meta_frames != frames:
+            problems.append(f"{META_FILE} says {meta_frames} frames, the index {frames}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        problems.append(f"{META_FILE} unreadable ({type(err).__name__}: {err})")
+    try:
+        read_points(folder, frames, size)
+    except DamagedVideoError as err:
+        problems.append(str(err))
+    try:
+        if encoding == "jpeg":
+            offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+            stored = (folder / "frames.bin").stat().st_size
+            if offsets.shape != (frames + 1,) or offsets[0] != 0 or (np.diff(offsets) <= 0).any() \
+                    or offsets[-1] != stored:
+                problems.append(f"offsets.npy ({offsets.shape[0]} offsets, last {offsets[-1] if len(offsets) else None}) "
+                                f"does not cover frames.bin ({stored} bytes) as {frames} frames")
+        for start in range(0, frames, _VERIFY_CHUNK):
+            read_frames(folder, encoding, range(start, min(start + _VERIFY_CHUNK, frames)), size)
+    except DamagedVideoError as err:
+        problems.append(str(err))
+    except (OSError, ValueError, EOFError) as err:
+        problems.append(f"frame files unreadable ({type(err).__name__}: {err})")
+    from dataset.audio import AUDIO_FILE
+    from dataset.face3d.fit import FACE3D_FILE
+    from dataset.headgan_data import read_headgan_arrays
+
+    has_fit, has_audio = (folder / FACE3D_FILE).is_file(), (folder / AUDIO_FILE).is_file()
+    if has_fit or has_audio:
+        try:
+            read_headgan_arrays(folder, frames, audio=has_audio, face3d=has_fit)
+        except StoreError as err:
+            problems.append(str(err))
+    return problems
+
+
+@dataclass(frozen=True)
+class _IndexedVideo(VideoUnit):
+    """A video of the index as a pipeline unit that carries its indexed frame count to the worker."""
+
+    frames: int = 0
+
+
+def _verify_unit(unit: _IndexedVideo, *, encoding: str, size: int) -> dict:
+    folder = video_dir(Path(unit.root), unit.identity, unit.video)
+    return {"status": "done", "problems": check_stored_video(folder, encoding, size, unit.frames),
+            "stats": {"videos_checked": 1, "frames_checked": unit.frames}}
+
+
+def verify_store(root: Path, *, quarantine: bool = False, workers: int = 1) -> dict[str, list[str]]:
+    """Checks every indexed video of a store (``check_stored_video``); returns the damaged ones with their
+    problems. With ``quarantine`` they are also taken out of ``index.json`` and recorded in ``quarantine.json``
+    (kept by later ``index`` rebuilds); no file is deleted or moved. The other videos keep their ``video_index``
+    (the rows of W), so a run that resumes on the same index keeps its embedding matrix."""
+    from dataset.pipeline.runner import run_videos
+
+    root = Path(root)
+    index = load_index(root)
+    units = [_IndexedVideo(e["identity"], e["video"], str(root), frames=e["frames"]) for e in index["videos"]]
+    damaged: dict[str, list[str]] = {}
+
+    def collect(result: dict) -> None:
+        problems = result.get("problems") or ([result["error"]] if result["status"] == "failed" else [])
+        if problems:
+            damaged[result["key"]] = problems
+
+    work = functools.partial(_verify_unit, encoding=index["encoding"], size=index["image_size"])
+    run_videos(units, work, workers=workers, desc="verifying", on_result=collect)
+    if quarantine and damaged:
+        listed = {**read_quarantine(root), **damaged}
+        atomic_write_json(root / QUARANTINE_FILE, {"videos": dict(sorted(listed.items()))})
+        kept = [e for e in index.pop("videos") if f"{e['identity']}/{e['video']}" not in damaged]
+        index["quarantined"] = len(listed)
+        index["num_identities"] = {s: len({e["identity"] for e in kept if e["split"] == s})
+                                   for s in index["num_videos"]}
+        _write_index(root, index, kept)
+    return dict(sorted(damaged.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (1 when ``verify`` found damaged videos)."""
+    from dataset.pipeline.runner import bounded
+
     parser = argparse.ArgumentParser(prog="python -m dataset.store", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     index_parser = commands.add_parser("index", help="rebuild index.json from the video folders (after all shards "
@@ -472,14 +744,34 @@ def main(argv: list[str] | None = None) -> None:
     add_split_arguments(index_parser)
     info_parser = commands.add_parser("info", help="print what a store holds")
     info_parser.add_argument("root", type=Path)
+    verify_parser = commands.add_parser("verify", help="decode every stored frame, check points and counts; list "
+                                                       "the damaged videos (exit status 1 when there are any)")
+    verify_parser.add_argument("root", type=Path)
+    verify_parser.add_argument("--quarantine", action="store_true",
+                               help="take the damaged videos out of index.json (listed in quarantine.json, kept "
+                                    "out by later index rebuilds); no file is deleted")
+    verify_parser.add_argument("--workers", type=bounded(int, 1), default=1, help="worker processes (default 1)")
     args = parser.parse_args(argv)
-    if args.command == "index":
-        identities = parse_identities(args.test_identities) if args.test_identities else None
-        index = build_index(args.root, identities, args.test_fraction)
-    else:
-        index = load_index(args.root)
+    try:
+        if args.command == "verify":
+            damaged = verify_store(args.root, quarantine=args.quarantine, workers=args.workers)
+            for key, problems in damaged.items():
+                print(f"DAMAGED {key}: {'; '.join(problems)}")
+            index = load_index(args.root)
+            print(f"{len(damaged)} damaged of {len(index['videos']) + (len(damaged) if args.quarantine else 0)} "
+                  f"indexed videos" + (f"; taken out of {INDEX_FILE} (see {QUARANTINE_FILE})"
+                                       if args.quarantine and damaged else ""))
+            return 1 if damaged else 0
+        if args.command == "index":
+            identities = parse_identities(args.test_identities) if args.test_identities else None
+            index = build_index(args.root, identities, args.test_fraction)
+        else:
+            index = load_index(args.root)
+    except StoreError as err:
+        parser.exit(2, f"error: {err}\n")
     print(describe_index(index))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,9 @@
 """The training dataset store and its torch Datasets: format, splits, episodes, flips, workers, inspection."""
 import json
+import os
 import pickle
 import shutil
+import stat
 
 import cv2
 import numpy as np
@@ -199,3 +201,22 @@ def test_bench_prints_throughput_json(store64, capsys):
     result = bench.main(["--data", str(store64), "--workers", "0", "--k", "2", "--size", "32", "--seconds", "0.2"])
     assert json.loads(capsys.readouterr().out) == result
     assert result["per_worker_samples_per_s"] > 0 and result["total_samples_per_s"] > 0
+
+
+def test_store_files_get_the_umask_permissions_so_a_group_can_share_them(tmp_path):
+    from utils.atomic import atomic_file
+
+    old = os.umask(0o002)
+    try:
+        info = store.open_store_for_writing(tmp_path, 16, "raw")
+        store.write_video(tmp_path, info, "id1", "a", [np.zeros((16, 16, 3), np.uint8)], np.ones((1, 68, 2)), {})
+        store.build_index(tmp_path, test_identities=set())
+        os.umask(0o077)
+        with atomic_file(tmp_path / "private.bin") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in (store.INFO_FILE, store.INDEX_FILE,
+                                                                                "videos/id1/a/points.npy")}
+    assert modes == {store.INFO_FILE: 0o664, store.INDEX_FILE: 0o664, "videos/id1/a/points.npy": 0o664}
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
