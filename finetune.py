@@ -28,13 +28,35 @@ from training.checkpoint import CheckpointError
 from training.finetune import finetune
 from training.person import load_meta_checkpoint, save_person
 from training.precision import NonFiniteLossError
+from utils.cli import check_at_least, check_device, check_output_dir
+
+# What a run writes into --out.
+OUTPUTS = ("person.pt", "report.json", "before_after.png", "reenact.mp4")
 
 
 def split_shots(count: int, shots: int, holdout: int) -> tuple[list[int], list[int]]:
-    """T evenly spaced training frames, and up to ``holdout`` evenly spaced frames among the rest."""
+    """T evenly spaced training frames, and up to ``holdout`` evenly spaced frames among the rest.
+
+    ``evenly_spaced`` reads a count of 0 as "all frames", so T = 0 would silently fine-tune on every frame:
+    refused here, whoever calls.
+    """
+    if shots < 1 or holdout < 0:
+        raise ValueError(f"need at least 1 shot and a holdout of 0 or more, got shots={shots}, holdout={holdout}")
     train = evenly_spaced(count, shots)
     rest = [i for i in range(count) if i not in set(train)]
     return train, [rest[i] for i in evenly_spaced(len(rest), holdout)] if holdout and rest else []
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the checkpoint is read (one-line errors)."""
+    check_at_least({"--shots": args.shots}, 1)
+    check_at_least({"--holdout": args.holdout}, 0)
+    check_device(args.device)
+    for flag, path in (("checkpoint", args.checkpoint), ("--frames", args.frames), ("--driver", args.driver)):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{flag} not found: {path}")
+    check_output_dir(args.out, {"checkpoint": args.checkpoint, "--frames": args.frames, "--driver": args.driver},
+                     OUTPUTS)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="meta-training checkpoint (RUN/checkpoints/step_*.pt)")
     parser.add_argument("--frames", required=True, help="the new person: a video file or a folder of images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--shots", type=int, default=8, help="T: frames to fine-tune on (default 8)")
-    parser.add_argument("--holdout", type=int, default=8, help="other frames to measure on (default 8)")
+    parser.add_argument("--shots", type=int, default=8, help="T: frames to fine-tune on, at least 1 (default 8)")
+    parser.add_argument("--holdout", type=int, default=8, help="other frames to measure on, 0 for none (default 8)")
     parser.add_argument("--driver", help="optional video whose motion the fine-tuned person follows")
     parser.add_argument("--backend", choices=BACKENDS, default="dlib", help="landmark backend (default dlib)")
     parser.add_argument("--device", default="cpu")
@@ -85,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config field of the checkpoint's config, e.g. finetune.epochs=40")
     args = parser.parse_args(argv)
     try:
+        check_arguments(args)
         report = run(args)
     except (ConfigError, CheckpointError, NonFiniteLossError, DetectorLoadError, ValueError,
-            FileNotFoundError) as err:
+            FileNotFoundError) as err:  # ValueError: ArgumentError and UnsafeOrDamagedFile too
         print(f"error: {err}", file=sys.stderr)
         return 1
     before, after = report["before"], report["after"]

@@ -111,3 +111,40 @@ def test_validation_compares_with_the_nearest_source(meta_checkpoint, demo_store
     assert len(episodes) == 4 and all(e["identity"] == "id00008" for e in episodes)
     scores = validate(nets["embedder"], nets["generator"], episodes, torch.device("cpu"))
     assert 0 < scores["val/nearest_source_l1"] < scores["val/l1"]  # 3 steps of training: far from the baseline
+
+
+def test_finetune_command_checks_its_arguments_before_any_work(meta_checkpoint, person_frames, tmp_path, capsys):
+    from test_reenact import damaged_files, one_line_error
+
+    clip, _, _ = person_frames
+    frames_folder = tmp_path / "frames"
+    frames_folder.mkdir()
+    (frames_folder / "0.png").write_bytes(b"")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    inside = tmp_path / "run"
+    inside.mkdir()
+    checkpoint_in_out = inside / "person.pt"
+    checkpoint_in_out.write_bytes(meta_checkpoint.read_bytes())
+    good = [str(meta_checkpoint), "--frames", str(clip), "--out", str(tmp_path / "out")]
+    cases = [
+        (good + ["--shots", "0"], "--shots must be at least 1"),
+        (good + ["--holdout", "-1"], "--holdout must be at least 0"),
+        (good + ["--device", "tpu"], "is not a torch device"),
+        (good + ["--driver", str(tmp_path / "nowhere.mp4")], "--driver not found"),
+        ([str(meta_checkpoint), "--frames", str(clip), "--out", str(a_file)], "is a file; give a folder"),
+        ([str(meta_checkpoint), "--frames", str(frames_folder), "--out", str(frames_folder / "out")],
+         "inside the --frames folder"),
+        ([str(checkpoint_in_out), "--frames", str(clip), "--out", str(inside)], "would overwrite the checkpoint"),
+    ]
+    for args, message in cases:
+        assert finetune_main(args) == 1, args
+        assert message in one_line_error(capsys), args
+    assert not (tmp_path / "out").exists() and checkpoint_in_out.read_bytes() == meta_checkpoint.read_bytes()
+    damaged = damaged_files(tmp_path)
+    for kind, message in (("empty", "is empty (0 bytes)"), ("truncated", "truncated"),
+                          ("code", "holds pickled Python objects")):
+        assert finetune_main([str(damaged[kind]), "--frames", str(clip), "--out", str(tmp_path / "out")]) == 1
+        assert message in one_line_error(capsys), kind
+    with pytest.raises(ValueError, match="at least 1 shot"):
+        split_shots(10, 0, 2)

@@ -16,12 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import Config
+from config import Config, to_dict
 from dataset.store import FewShotDataset
 from model.loss import GeneratorLoss, load_content_networks
 from training.person import Person, embed_person
 from training.report import image_grid, write_png
-from training.precision import autocast_context
+from training.precision import Precision, make_adam, resolve_amp
 from training.talking_head import discriminator_phase, generator_phase, summarize_terms
 
 
@@ -66,11 +66,11 @@ def finetune(nets: dict[str, nn.Module], cfg: Config, train: FewShotDataset, hol
     betas = (o.betas[0], o.betas[1])
     g_params = [p for name, p in G.named_parameters() if not name.startswith("projection.")] + [psi]
     d_params = [p for name, p in D.named_parameters() if not name.startswith("W.")] + [w_prime]
-    opt_g = torch.optim.Adam(g_params, lr=f.lr_generator, betas=betas)
-    opt_d = torch.optim.Adam(d_params, lr=f.lr_discriminator, betas=betas)
+    opt_g = make_adam(g_params, f.lr_generator, betas)
+    opt_d = make_adam(d_params, f.lr_discriminator, betas)
     content = {k: v.to(device) for k, v in load_content_networks(cfg.loss).items()}
     generator_loss = GeneratorLoss(cfg.loss, content)
-    autocast = autocast_context(device, cfg.train.amp)
+    precision = Precision(resolve_amp(cfg.train.amp, device), device)
 
     batch_size = min(f.batch_size, len(train))
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=False,
@@ -84,16 +84,20 @@ def finetune(nets: dict[str, nn.Module], cfg: Config, train: FewShotDataset, hol
             train.set_epoch(epoch)
             for batch in loader:
                 x, y = batch["frame"].to(device), batch["landmarks"].to(device)
-                with autocast:
+                with precision.autocast():
                     x_hat = G(y, psi=psi)
-                # D's projection is w' itself: the forward adds w0, so hand it w' - w0.
-                d_terms = discriminator_phase(D, x, y, x_hat, opt_d, step, autocast,
-                                              w=(w_prime - D.w0).expand(x.shape[0], -1))
-                g_terms = generator_phase(D, x, y, x_hat, w_prime - D.w0, generator_loss, opt_g, step, autocast)
-                stats = summarize_terms(d_terms, g_terms)
                 step += 1
+                # D's projection is w' itself: the forward adds w0, so hand it w' - w0.
+                d_terms, _ = discriminator_phase(D, x, y, x_hat, opt_d, step, precision,
+                                                 w=(w_prime - D.w0).expand(x.shape[0], -1))
+                g_terms, _ = generator_phase(D, x, y, x_hat, w_prime - D.w0, generator_loss, opt_g, step, precision)
+                precision.update()
+                stats = summarize_terms(d_terms, g_terms)
                 bar.update(1)
-                bar.set_postfix(g=f"{stats['loss/g_total']:.3f}", d=f"{stats['loss/d_total']:.3f}")
+            # Once per epoch: the losses stay on the device in between (no host read per step).
+            precision.check(step)
+            bar.set_postfix(g=f"{float(stats['loss/g_total']):.3f}", d=f"{float(stats['loss/d_total']):.3f}")
+    stats = {name: float(value) for name, value in stats.items()}
 
     G.eval()
     after = {"train_l1": evaluate(train), "holdout_l1": evaluate(holdout)}
@@ -106,7 +110,7 @@ def finetune(nets: dict[str, nn.Module], cfg: Config, train: FewShotDataset, hol
                                                      before_images["real"])]
         write_png(out_dir / "before_after.png", image_grid(rows))
     points = train.points.mean(axis=0).astype(np.float32)
-    person = Person(G, psi.detach(), points, train.image_size, train.thickness, identity)
+    person = Person(G, psi.detach(), points, train.image_size, train.thickness, identity, to_dict(cfg)["model"])
     return person, report
 
 

@@ -34,6 +34,7 @@ class Person:
     image_size: int
     landmark_thickness: int  # already scaled to image_size
     identity: str = ""
+    model_config: dict | None = None  # the ``model`` section G was built from (what an export rebuilds it with)
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +73,7 @@ def load_person(path: str | Path, device: str | torch.device = "cpu") -> Person:
     generator.load_state_dict(state["generator"])
     size = cfg.model.image_size
     return Person(generator.to(device).eval(), state["psi"].to(device), state["reference_points"].numpy(),
-                  size, scaled_thickness(state["landmark_thickness"], size), state["identity"])
+                  size, scaled_thickness(state["landmark_thickness"], size), state["identity"], state["model"])
 
 
 def networks_from_state(state: dict, source: str = "checkpoint") -> tuple[dict[str, nn.Module], object]:
@@ -126,4 +127,4 @@ def person_from_frames(checkpoint: str | Path | dict, crops: list[np.ndarray], p
     e_hat = embed_person(nets["embedder"], frames, landmarks)
     generator = nets["generator"].to(device)
     psi = generator.project(e_hat.unsqueeze(0).to(device))[0]
-    return Person(generator, psi, points.mean(axis=0), size, thickness, identity)
+    return Person(generator, psi, points.mean(axis=0), size, thickness, identity, to_dict(cfg)["model"])
