@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
-from config import Config, ConfigError, add_config_arguments, config_from_args
+from config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
 from dataset.landmarks import NUM_POINTS
 from dataset.store import scaled_thickness, to_unit_range
 from model import build_networks
@@ -49,7 +49,8 @@ def random_person(cfg: Config, device: torch.device, seed: int = 0) -> Person:
         psi = generator.project(torch.randn(1, cfg.model.embed_dim, device=device))[0]
     size = cfg.model.image_size
     return Person(generator, psi, synthetic_points(1, size)[0], size,
-                  scaled_thickness(cfg.data.landmark_thickness, size), identity="random")
+                  scaled_thickness(cfg.data.landmark_thickness, size), identity="random",
+                  model_config=to_dict(cfg)["model"])
 
 
 def synthetic_points(frames: int, size: int, seed: int = 0) -> np.ndarray:

@@ -94,17 +94,19 @@ def reference_shape(points: np.ndarray, reference: str = "mean") -> np.ndarray:
     return apply_similarity(points, linear, translation).mean(axis=0)
 
 
-def adapt_landmarks(driver_points: np.ndarray, person_points: np.ndarray, reference: str = "mean") -> np.ndarray:
+def adapt_landmarks(driver_points: np.ndarray, person_points: np.ndarray,
+                    reference: str | np.ndarray = "mean") -> np.ndarray:
     """The driver's expression and head motion on the person's face: (N, 68, 2), (68, 2) -> (N, 68, 2).
 
     Coordinates are crop pixels; driver and person crops should be cut the same way (``read_face_crops``) but
-    need not be of the same size. See the module docstring for the method.
+    need not be of the same size. ``reference`` names how the driver's reference face is taken from
+    ``driver_points`` ("mean", "first"), or is that face itself, (68, 2): a live camera adapts frame by frame
+    against a reference fixed from its first frames (``inference.live``). See the module docstring.
     """
     driver = _check_sequence(driver_points)
-    person = np.asarray(person_points, np.float64)
-    if person.shape != (NUM_POINTS, 2):
-        raise ValueError(f"person_points must be ({NUM_POINTS}, 2), got {person.shape}")
-    ref = reference_shape(driver, reference)
+    person = _check_face(person_points, "person_points")
+    ref = _check_face(reference, "reference") if isinstance(reference, np.ndarray) else \
+        reference_shape(driver, reference)
     # H_t: reference -> frame t, and the expression left once the head motion is undone.
     motion = fit_similarity(ref[STABLE_POINTS], driver[:, STABLE_POINTS])
     expression = apply_similarity(driver, *invert_similarity(*motion)) - ref
@@ -139,6 +141,13 @@ def _face_down(points: np.ndarray) -> np.ndarray:
     across = across / np.maximum(np.linalg.norm(across, axis=-1, keepdims=True), 1e-9)
     # A quarter turn in image coordinates (y pointing down): left-to-right across the eyes becomes top-to-bottom.
     return np.stack([-across[:, 1], across[:, 0]], axis=-1)[:, None, :]
+
+
+def _check_face(points: np.ndarray, name: str) -> np.ndarray:
+    points = np.asarray(points, np.float64)
+    if points.shape != (NUM_POINTS, 2):
+        raise ValueError(f"{name} must be ({NUM_POINTS}, 2), got {points.shape}")
+    return points
 
 
 def _check_sequence(points: np.ndarray) -> np.ndarray:

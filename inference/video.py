@@ -108,55 +108,70 @@ class DriverTrack:
         return int((~self.found).sum())
 
 
+class FaceTracker:
+    """Follows one driver's main face from frame to frame, as the training data does (``choose_main_faces``).
+
+    ``faces`` takes the next frames of the video (one frame for a live camera, a chunk for a file) and returns
+    the main face of each, or None where none was found; the last face found carries the tracking into the next
+    call. ``held`` is that last face: where a frame without a face is cut, and whose landmarks it keeps.
+    """
+
+    def __init__(self, detector: LandmarkDetector, size: int, scale: float = 1.8):
+        self.detector, self.size, self.scale = detector, size, scale
+        self.held: Face | None = None
+
+    def faces(self, frames: list[np.ndarray]) -> list[Face | None]:
+        shapes = [frame.shape for frame in frames]
+        detections = self.detector.detect(frames)
+        if self.held is None:
+            chosen = choose_main_faces(detections, shapes)
+        else:
+            # The last kept face goes first as a frame of its own, so tracking continues from it.
+            chosen = choose_main_faces([[self.held], *detections], [shapes[0], *shapes])[1:]
+        for face in chosen:
+            self.held = face or self.held
+        return chosen
+
+    def crop(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        """The frame cut around ``face`` like the training data, and the face's 68 points in crop pixels."""
+        crop, moved = crop_and_resize(frame, face.points, self.size, self.scale)
+        return crop, moved.astype(np.float32)
+
+
 def track_driver(path: str | Path, detector: LandmarkDetector, size: int, scale: float = 1.8,
                  chunk_size: int = 32, progress: bool = False) -> DriverTrack:
     """Detects and crops the main face in every frame of a driver video, keeping one entry per frame.
 
     ``read_face_crops`` drops frames without a face, which is right for a person's training frames but would
     shorten the output video and shift it against the driver's; here such frames keep the previous landmarks.
-    Frames go to the detector ``chunk_size`` at a time, and the same tracking as the training data follows the
-    main face (``choose_main_faces``) across chunks.
+    Frames go to the detector ``chunk_size`` at a time, and ``FaceTracker`` follows the main face across chunks.
     """
     source = VideoSource(path)
+    tracker = FaceTracker(detector, size, scale)
     crops: list[np.ndarray] = []
     points: list[np.ndarray] = []
     found: list[bool] = []
     waiting: list[np.ndarray] = []  # frames before the first face, cut once that face is known
-    previous: Face | None = None
     frames = source.frames()
     with tqdm(total=source.frame_count or None, desc="driver faces", unit="frame", disable=not progress,
               dynamic_ncols=True) as bar:
         while chunk := list(islice(frames, chunk_size)):
-            for frame, face in zip(chunk, _main_faces(detector, chunk, previous)):
-                if face is None and previous is None:
+            held = tracker.held
+            for frame, face in zip(chunk, tracker.faces(chunk)):
+                held = face or held
+                if held is None:
                     waiting.append(frame)
                     continue
-                held = face or previous
-                for early in waiting:
-                    _append_crop(crops, points, early, held, size, scale)
+                for early in [*waiting, frame]:
+                    crop, moved = tracker.crop(early, held)
+                    crops.append(crop)
+                    points.append(moved)
                 found += [False] * len(waiting) + [face is not None]
                 waiting = []
-                _append_crop(crops, points, frame, held, size, scale)
-                previous = held
             bar.update(len(chunk))
-    if previous is None:
+    if tracker.held is None:
         raise NoFaceError(f"{path}: no face found in any of its {len(waiting)} frames")
     return DriverTrack(crops, np.stack(points), np.array(found), source.fps)
-
-
-def _main_faces(detector: LandmarkDetector, chunk: list[np.ndarray], previous: Face | None) -> list[Face | None]:
-    shapes = [frame.shape for frame in chunk]
-    detections = detector.detect(chunk)
-    if previous is None:
-        return choose_main_faces(detections, shapes)
-    # The last kept face goes first as a frame of its own, so tracking continues from it into this chunk.
-    return choose_main_faces([[previous], *detections], [shapes[0], *shapes])[1:]
-
-
-def _append_crop(crops: list, points: list, frame: np.ndarray, face: Face, size: int, scale: float) -> None:
-    crop, moved = crop_and_resize(frame, face.points, size, scale)
-    crops.append(crop)
-    points.append(moved.astype(np.float32))
 
 
 class H264Writer:
