@@ -24,6 +24,21 @@ identity) and audio drive it, and the middle panel is the NMFC render (``inferen
 
     python reenact.py --person photo.jpg --checkpoint runs/headgan/checkpoints/step_000000800.pt \
         --driver driver.mp4 --out out.mp4
+
+An exported person (``python -m inference.export``: ONNX, psi or the reference features folded in) runs with
+onnxruntime (``--runtime onnx``, the default for an ``.onnx`` person), for either family:
+
+    python reenact.py --person out/person.onnx --runtime onnx --driver driver.mp4 --out out.mp4
+
+``--webcam [SOURCE]`` drives the person live instead of from --driver (``inference/live.py``): a camera index
+(default 0), a stream URL or a video file, through the same OpenCV capture; a preview window shows
+driver | landmarks or render | generated where there is a display (``--no-window``), ``--out`` records it, and
+the command prints frames/s and the time per stage:
+
+    python reenact.py --person out/person.pt --webcam            # q or Esc in the window stops
+
+Every argument is checked before any work: an ``--out`` that is a directory, does not end in .mp4, or is one of
+the inputs (``--driver``, ``--person``, ``--checkpoint``, a capture file) is refused with one line.
 """
 from __future__ import annotations
 
@@ -33,21 +48,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from dataset.landmarks import BACKENDS, DetectorLoadError, LandmarkDetector, make_detector
-from dataset.pipeline.faces import read_face_crops
 from inference.adapt import REFERENCES, adapt_landmarks
+from inference.persons import ONNX_SUFFIX, PersonInputError, family_of, load_any_person, resolve_person
 from inference.video import H264Writer, to_uint8, track_driver
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.person import Person, load_person, person_from_frames
+from training.checkpoint import CheckpointError
+from training.person import Person
+from utils.cli import ArgumentError, check_at_least, check_device, check_output_file
+from utils.safe_load import UnsafeOrDamagedFile
 
-PERSON_SUFFIX = ".pt"
-
-
-class ReenactError(ValueError):
-    """The command's inputs do not fit together (the message says how)."""
+# The earlier names, for callers: person resolution lives in inference/persons.py now.
+ReenactError = PersonInputError
+__all__ = ["ReenactError", "main", "reenact", "resolve_person"]
 
 
 def reenact(person: Person, driver_path: str | Path, out_path: str | Path, detector: LandmarkDetector,
@@ -75,34 +89,6 @@ def reenact(person: Person, driver_path: str | Path, out_path: str | Path, detec
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def resolve_person(person: str | Path, checkpoint: str | Path | dict | None, detector: LandmarkDetector,
-                   device: str = "cpu", max_frames: int = 32) -> Person:
-    """A person file, or frames of the person turned into a Person by a meta-training checkpoint (feed-forward;
-    ``checkpoint`` is its path or its already-read state).
-
-    Raises ReenactError, CheckpointError or FileNotFoundError with a message for the user.
-    """
-    person = Path(person)
-    if not person.exists():
-        raise FileNotFoundError(f"person not found: {person} (give a person file from finetune.py, or a folder "
-                                "of images or a video of the person with --checkpoint)")
-    if person.is_file() and person.suffix == PERSON_SUFFIX:
-        if checkpoint is not None:
-            raise ReenactError(f"{person} is a person file already; --checkpoint is only for person frames")
-        return load_person(person, device)
-    if checkpoint is None:
-        raise ReenactError(f"{person} holds frames of a person: give --checkpoint (a meta-training checkpoint) to "
-                           "embed them, or pass a person file from finetune.py")
-    # read once: its size, then its networks
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, kind="meta_train")
-    size = state["config"]["model"]["image_size"]
-    try:
-        crops, points, _ = read_face_crops(person, detector, size, max_frames=max_frames)
-    except ValueError as err:
-        raise ReenactError(f"cannot use the person frames: {err}") from None
-    return person_from_frames(state, crops, points, device=device, identity=person.stem)
-
-
 def format_summary(summary: dict) -> str:
     held = summary["no_face_frames"]
     landmarks = f"adapted to the person ({summary['reference']} reference)" if summary["adapted"] else "as driven"
@@ -115,14 +101,18 @@ def format_summary(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--person", required=True,
-                        help="person file (.pt, from finetune.py), or a folder of images / a video of the person")
-    parser.add_argument("--driver", required=True, help="driver video (or folder of frames)")
-    parser.add_argument("--out", required=True, help="output .mp4")
-    parser.add_argument("--checkpoint", help="meta-training checkpoint, for person frames (feed-forward mode)")
+    parser.add_argument("--person", required=True, help="person file (.pt from finetune.py, or .onnx from python -m "
+                        "inference.export), or a folder of images / a video / a photo of the person with --checkpoint")
+    parser.add_argument("--driver", help="driver video (or folder of frames)")
+    parser.add_argument("--out", help="output .mp4 (optional with --webcam: records the live panels)")
+    parser.add_argument("--checkpoint", help="meta-training checkpoint, for person frames (feed-forward mode) or a "
+                        "HeadGAN reference image")
     parser.add_argument("--backend", default="dlib", choices=BACKENDS,
                         help="landmark detector: dlib (CPU, offline) or face_alignment (the paper's, GPU)")
     parser.add_argument("--device", default="cpu", help="device of the networks and of face_alignment")
+    parser.add_argument("--runtime", choices=("torch", "onnx"),
+                        help="what runs the generator: torch, or onnx (onnxruntime, for an .onnx person); "
+                        "default: onnx for an .onnx person, else torch")
     parser.add_argument("--no-adapt", action="store_true",
                         help="drive with the driver's landmarks as they are (the driver is the person)")
     parser.add_argument("--reference", default="mean", choices=REFERENCES,
@@ -130,45 +120,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="frames per generator call")
     parser.add_argument("--person-frames", type=int, default=32,
                         help="at most this many evenly spaced person frames are embedded (feed-forward mode)")
+    live = parser.add_argument_group("live capture (inference/live.py)")
+    live.add_argument("--webcam", nargs="?", const="0", metavar="SOURCE",
+                      help="drive live from an OpenCV capture instead of --driver: a camera index (default 0), a "
+                      "stream URL or a video file")
+    live.add_argument("--no-window", action="store_true",
+                      help="no preview window (automatic where there is no display)")
+    live.add_argument("--max-frames", type=int, help="stop after this many frames")
+    live.add_argument("--calibration-frames", type=int, default=25,
+                      help="frames with a face that fix the driver's reference face (default 25, one second)")
     headgan = parser.add_argument_group("HeadGAN checkpoints (one-shot: the person is one reference image)")
     headgan.add_argument("--reference-frame", type=int, default=0,
                          help="frame of a person video / image folder used as the reference image")
     headgan.add_argument("--mesh-backend", default="mediapipe", help="3D face backend (dataset/face3d/backends.py)")
     headgan.add_argument("--no-audio", action="store_true", help="ignore the driver's audio track")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.person_frames < 1:
-        parser.error("--batch-size and --person-frames must be at least 1")
     try:
-        if not Path(args.driver).exists():  # before the person, which may take a while to load or embed
-            raise FileNotFoundError(f"driver not found: {args.driver}")
-        state = None
-        if args.checkpoint is not None and not Path(args.person).suffix == PERSON_SUFFIX:
-            state = load_checkpoint(args.checkpoint, kind="meta_train")
-        detector = make_detector(args.backend, device=args.device)
-        if state is not None and state["config"]["model"].get("family") == "headgan":
-            summary = reenact_headgan_command(args, state, detector)
-            print(format_headgan_summary(summary))
-            return 0
-        person = resolve_person(args.person, state if state is not None else args.checkpoint, detector,
-                                args.device, args.person_frames)
-        summary = reenact(person, args.driver, args.out, detector, adapt=not args.no_adapt,
-                          batch_size=args.batch_size, reference=args.reference)
-    except (CheckpointError, DetectorLoadError, FileNotFoundError, ValueError) as err:  # ValueError: ReenactError too
+        check_arguments(args)
+        summary = run(args)
+    except (CheckpointError, DetectorLoadError, FileNotFoundError, UnsafeOrDamagedFile,
+            ValueError) as err:  # ValueError: PersonInputError, ArgumentError, ExportError, LiveError too
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_summary(summary))
+    print(summary)
     return 0
 
 
-def reenact_headgan_command(args: argparse.Namespace, state: dict, detector: LandmarkDetector) -> dict:
-    """HeadGAN (one-shot): the person is one reference image (or frame --reference-frame of a video/folder)."""
-    from dataset.face3d.backends import make_mesh_detector
-    from inference.headgan import headgan_person, reenact_headgan
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any work (one-line errors); fills in the default runtime."""
+    if (args.driver is None) == (args.webcam is None):
+        raise ArgumentError("give either --driver (a video) or --webcam [SOURCE] (live capture), not both or neither")
+    if args.webcam is None and args.out is None:
+        raise ArgumentError("--out is required with --driver")
+    check_at_least({"--batch-size": args.batch_size, "--person-frames": args.person_frames,
+                    "--max-frames": args.max_frames, "--calibration-frames": args.calibration_frames}, 1)
+    check_at_least({"--reference-frame": args.reference_frame}, 0)
+    check_device(args.device)
+    if args.runtime is None:
+        args.runtime = "onnx" if Path(args.person).suffix == ONNX_SUFFIX else "torch"
+    capture_file = args.webcam if args.webcam is not None and not args.webcam.isdigit() else None
+    if args.out is not None:
+        check_output_file(args.out, {"--person": args.person, "--driver": args.driver, "--checkpoint": args.checkpoint,
+                                     "--webcam": capture_file}, suffixes=(".mp4",))
+    if args.driver is not None and not Path(args.driver).exists():
+        raise FileNotFoundError(f"driver not found: {args.driver}")
+    if capture_file is not None and "://" not in capture_file and not Path(capture_file).exists():
+        raise FileNotFoundError(f"capture source not found: {capture_file} (give a camera index, a stream URL "
+                                "or a video file)")
 
-    mesh_detector = make_mesh_detector(args.mesh_backend)
-    person = headgan_person(state, args.person, detector, mesh_detector, args.device, args.reference_frame)
-    return reenact_headgan(person, args.driver, args.out, detector, mesh_detector, adapt=not args.no_adapt,
-                           audio=not args.no_audio, batch_size=args.batch_size)
+
+def run(args: argparse.Namespace) -> str:
+    """Loads the person and drives it (a video, or live); returns the line to print."""
+    detector = make_detector(args.backend, device=args.device)
+    person, mesh_detector = load_any_person(args.person, args.checkpoint, detector, args.device, args.person_frames,
+                                            args.reference_frame, args.mesh_backend, args.runtime)
+    if args.webcam is not None:
+        from inference.live import format_live_summary, run_live
+
+        return format_live_summary(run_live(
+            person, args.webcam, detector, mesh_detector, args.runtime, args.out,
+            window=False if args.no_window else None, max_frames=args.max_frames, adapt=not args.no_adapt,
+            calibration=args.calibration_frames, report_every=100))
+    if family_of(person) == "headgan":
+        from inference.headgan import reenact_headgan
+
+        return format_headgan_summary(reenact_headgan(person, args.driver, args.out, detector, mesh_detector,
+                                                      adapt=not args.no_adapt, audio=not args.no_audio,
+                                                      batch_size=args.batch_size))
+    return format_summary(reenact(person, args.driver, args.out, detector, adapt=not args.no_adapt,
+                                  batch_size=args.batch_size, reference=args.reference))
 
 
 def format_headgan_summary(summary: dict) -> str:

@@ -329,24 +329,105 @@ def test_command_with_a_person_file_and_with_frames_and_a_checkpoint(demo_clips,
     assert len(read_video(tmp_path / "b.mp4")[1]) == 16
 
 
+class PickledCode:
+    """Unpickling this object would run code (here a harmless print): a file holding it must not load."""
+
+    def __reduce__(self):
+        return (print, ("this ran on loading",))
+
+
+def damaged_files(folder: Path) -> dict[str, Path]:
+    """A zero-byte file, a truncated checkpoint, one holding pickled code, and text that is no torch file."""
+    whole = meta_checkpoint(folder / "whole.pt").read_bytes()
+    files = {"empty": folder / "empty.pt", "truncated": folder / "truncated.pt", "code": folder / "code.pt",
+             "text": folder / "text.pt"}
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(whole[: len(whole) // 2])
+    torch.save({"networks": PickledCode()}, files["code"])
+    files["text"].write_bytes(b"not a checkpoint")
+    return files
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "weights_only=False" not in err and "Traceback" not in err
+    return err
+
+
 def test_command_errors(demo_clips, tmp_path, capsys):
     driver = str(clip(demo_clips, "id00001"))
     person_frames = str(clip(demo_clips, "id00006"))
-    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    damaged = damaged_files(tmp_path)
     cases = [
         (["--person", str(tmp_path / "missing.pt")], "person not found"),
         (["--person", person_frames], "give --checkpoint"),
         (["--person", person_frames, "--checkpoint", str(tmp_path / "nowhere.pt")], "checkpoint not found"),
-        (["--person", person_frames, "--checkpoint", str(tmp_path / "corrupt.pt")], "cannot read checkpoint"),
-        (["--person", str(tmp_path / "corrupt.pt")], "cannot read checkpoint"),
+        (["--person", person_frames, "--checkpoint", str(damaged["empty"])], "is empty (0 bytes)"),
+        (["--person", str(damaged["empty"])], "is empty (0 bytes)"),
+        (["--person", str(damaged["truncated"])], "truncated"),
+        (["--person", person_frames, "--checkpoint", str(damaged["code"])], "holds pickled Python objects"),
+        (["--person", str(damaged["code"])], "it is not loaded"),
+        (["--person", str(damaged["text"])], str(damaged["text"])),
     ]
     for args, message in cases:
-        assert reenact_command.main(args + ["--driver", driver, "--out", str(tmp_path / "out.mp4")]) == 1
-        assert message in capsys.readouterr().err
+        assert reenact_command.main(args + ["--driver", driver, "--out", str(tmp_path / "out.mp4")]) == 1, args
+        assert message in one_line_error(capsys), args
+    assert "this ran on loading" not in capsys.readouterr().out
     assert reenact_command.main(["--person", person_frames, "--driver", str(tmp_path / "no.mp4"),
                                  "--out", str(tmp_path / "out.mp4")]) == 1
     assert "driver not found" in capsys.readouterr().err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_an_output_that_is_an_input_or_a_folder_is_refused_before_any_work(demo_clips, tmp_path, capsys):
+    driver = tmp_path / "driver.mp4"
+    driver.write_bytes(clip(demo_clips, "id00001").read_bytes())
+    original = driver.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(driver)
+    (tmp_path / "hard.mp4").hardlink_to(driver)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    # The checkpoint does not exist: reading it would be the first piece of work, and its error never shows.
+    work = ["--person", str(clip(demo_clips, "id00006")), "--checkpoint", str(tmp_path / "nowhere.pt")]
+    cases = [
+        (["--driver", str(driver), "--out", str(driver)], "is also the --driver"),
+        (["--driver", str(driver), "--out", str(tmp_path / "sub" / ".." / "driver.mp4")], "is also the --driver"),
+        (["--driver", str(tmp_path / "link.mp4"), "--out", str(driver)], "is also the --driver"),
+        (["--driver", str(tmp_path / "hard.mp4"), "--out", str(driver)], "is also the --driver"),
+        (["--webcam", str(driver), "--out", str(driver)], "is also the --webcam"),
+        (["--driver", str(driver), "--out", str(folder)], "is a directory"),
+        (["--driver", str(driver), "--out", str(tmp_path / "out.avi")], "must end in .mp4"),
+        (["--driver", str(driver), "--out", str(driver / "out.mp4")], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        assert reenact_command.main(work + args) == 1, args
+        assert message in one_line_error(capsys), args
+    person = tmp_path / "person.mp4"
+    person.write_bytes(original)
+    assert reenact_command.main(["--person", str(person), "--checkpoint", str(tmp_path / "nowhere.pt"),
+                                 "--driver", str(driver), "--out", str(person)]) == 1
+    assert "is also the --person" in one_line_error(capsys)
+    assert driver.read_bytes() == original and list(folder.iterdir()) == []
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no hidden partial file anywhere
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--person-frames", "0"], "--person-frames must be at least 1"),
+    (["--reference-frame", "-1"], "--reference-frame must be at least 0"),
+    (["--max-frames", "0"], "--max-frames must be at least 1"),
+    (["--calibration-frames", "0"], "--calibration-frames must be at least 1"),
+    (["--device", "gpu0"], "is not a torch device"),
+    (["--runtime", "onnx"], "export"),
+    (["--webcam", "0"], "not both"),
+])
+def test_arguments_are_range_checked_with_one_line(demo_clips, tmp_path, capsys, args, message):
+    person = tmp_path / "person.pt"
+    person.write_bytes(b"")  # never read: every case fails on its argument first (or on the file's suffix)
+    base = ["--person", str(person), "--driver", str(clip(demo_clips, "id00001")), "--out", str(tmp_path / "o.mp4")]
+    assert reenact_command.main(base + args) == 1
+    assert message in one_line_error(capsys)
 
 
 def test_person_frames_without_a_face_are_a_clear_error(tmp_path, capsys):
