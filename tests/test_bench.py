@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import inference, landmarks, train
+from bench import inference, landmarks, latency, train
 from config import load_config, to_dict
 from dataset.landmarks import DetectorLoadError
 from training.person import save_person
@@ -165,3 +165,30 @@ def test_headgan_generate_in_chunks_matches_one_batch():
                           audio)["image"]
     assert chunked.shape == (5, 3, 32, 32) and chunked.device.type == "cpu"
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_latency_bench_times_every_stage_for_both_families_and_runtimes(demo_clips, capsys):
+    video = next((demo_clips / "id00001").glob("*/00001.mp4"))
+    result = latency.main(["--size", "32", "--frames", "3", "--warmup", "1", "--runtimes", "torch", "onnx",
+                           "--video", str(video)])
+    assert _printed(capsys) == result
+    assert result["batch_size"] == 1 and result["threads"] == 1 and set(result["families"]) == {"talking_head",
+                                                                                                  "headgan"}
+    shared = {"capture", "detect", "crop", "adapt", "draw", "generate", "compose", "encode"}
+    for family, entry in result["families"].items():
+        assert [run["runtime"] for run in entry["runs"]] == ["torch", "onnx"]
+        for run in entry["runs"]:
+            assert shared | ({"fit3d"} if family == "headgan" else set()) == set(run["stage_ms"])
+            assert run["frames_timed"] == 3 and run["frames_with_face"] == 4
+            assert _finite_positive([run["pipeline_fps"], run["generator_fps"], run["frame_ms"]])
+            assert run["generator_fps"] > run["pipeline_fps"]  # the pipeline adds detection and the rest
+        assert entry["runs"][1]["onnx_max_abs_diff"] < 1e-4
+
+
+def test_latency_bench_rejects_bad_arguments(capsys):
+    for args, message in ((["--frames", "0"], "--frames must be at least 1"),
+                          (["--family", "headgan", "--size", "36"], "model.image_size=36"),
+                          (["--video", "nowhere.mp4"], "is not a video file")):
+        with pytest.raises(SystemExit) as exit_info:
+            latency.main(args)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
