@@ -97,7 +97,7 @@ def write_index(out: Path, sections: list[Section], outputs: list[tuple[str, obj
     """OUT/index.html: the story's sections, then a table of where every output is."""
     where = Section("Where everything is", table=[{"what": what.strip(), "where": str(path)} for what, path in outputs])
     return write_html(out / "index.html", "talking-heads: the demo story", [*sections, where],
-                      intro=f"Everything below was made by `make demo` on this machine in {seconds:.0f} s, on "
+                      intro=f"Everything below was made by make demo on this machine in {seconds:.0f} s, on "
                             "built-in demo data and CPU. Minutes of CPU training give blurry 64x64 faces that "
                             "follow pose and mouth; the papers' quality needs the vox2 / headgan presets on GPUs.")
 

@@ -312,6 +312,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+def _without_nan(value):
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _best_worst(per_sample: list, key: str) -> list:
     ranked = sorted(per_sample, key=lambda item: -math.inf if not np.isfinite(item[0].get(key, np.nan))
                     else item[0][key])
@@ -322,7 +330,8 @@ def _write_outputs(out: Path, result: dict, rows: list[dict], picks: dict, args,
     from inference.video import H264Writer, to_uint8
 
     cross = args.cross
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    # NaN (no detection anywhere) is not JSON; null is, and says the same.
+    (out / "metrics.json").write_text(json.dumps(_without_nan(result), indent=1, allow_nan=False))
     summary = result["per_shots"]
     report.write_csv(out / "metrics.csv", [{"shots": s, **v} for s, v in summary.items()])
     report.write_csv(out / ("per_pair.csv" if cross else "per_video.csv"), rows)

@@ -130,6 +130,8 @@ def test_cross_reenactment_talking_heads(cross_out):
         assert -1 <= values[name] <= 1, name
     assert values["flicker"] >= 0 and values["flicker_driver"] >= 0
     assert {"motion_dlib", "jitter_dlib", "motion_dlib_skipped"} <= set(values)
+    # Strict JSON: a metric without any detection is null, not NaN.
+    json.loads((cross_out / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     with open(cross_out / "per_pair.csv") as f:
         pairs = list(csv.DictReader(f))
     assert all(p["video"].split("/")[0] != p["driver"].split("/")[0] for p in pairs)
