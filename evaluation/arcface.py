@@ -19,7 +19,6 @@ The network is the user's file; nothing is downloaded:
 """
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from torch import nn
 
 from inference.adapt import fit_similarity
 from utils.safe_load import load_tensors
-from vgg_model.caffe import _NOT_CAFFE, LENGTH_DELIMITED, _Decoder
 
 ARCFACE_SIZE = 112
 # insightface's standard template (x, y) in the 112x112 crop: right eye, left eye, nose tip, right and left
@@ -237,12 +235,15 @@ def _load_irse50(path: Path, device: str) -> ArcFaceEmbedder:
     return ArcFaceEmbedder(run, 127.5, 127.5, source=f"{path} (IR-SE50)")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading the first nodes of an ONNX graph without the onnx package
-# ----------------------------------------------------------------------------------------------------------------
+def onnx_first_nodes(path: str | os.PathLike, count: int) -> list[tuple[str, str]]:
+    """(name, op_type) of the first ``count`` nodes of an ONNX model's graph (onnxruntime does not expose it)."""
+    import onnx
 
-# Field numbers of onnx.proto: ModelProto.graph, GraphProto.node, NodeProto.name and NodeProto.op_type.
-_MODEL_GRAPH, _GRAPH_NODE, _NODE_NAME, _NODE_OP_TYPE = 7, 1, 3, 4
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and onnx's own errors have no common base
+        raise ValueError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0][:160]})") from None
+    return [(node.name, node.op_type) for node in model.graph.node[:count]]
 
 
 def onnx_normalises_input(path: str | os.PathLike) -> bool:
@@ -255,34 +256,3 @@ def onnx_normalises_input(path: str | os.PathLike) -> bool:
         if op_type == "Mul" or name.startswith(("Mul", "_mul")):
             kinds.add("mul")
     return kinds == {"sub", "mul"}
-
-
-def onnx_first_nodes(path: str | os.PathLike, count: int) -> list[tuple[str, str]]:
-    """(name, op_type) of the first ``count`` nodes of an ONNX model's graph, read from the protobuf wire format.
-
-    onnxruntime does not expose the graph, and the onnx package would pin another protobuf than MediaPipe's;
-    the Caffe converter's wire-format decoder reads the three nested fields needed here, skipping the weights.
-    """
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        decoder = _OnnxDecoder(data, path)
-        graph = next((span for number, wire, span in decoder.fields(0, len(data), "ModelProto")
-                      if number == _MODEL_GRAPH and wire == LENGTH_DELIMITED), None)
-        if graph is None:
-            raise ValueError(f"{path}: no graph in this ONNX file")
-        nodes = []
-        for number, wire, span in decoder.fields(*graph, "GraphProto"):
-            if number != _GRAPH_NODE or wire != LENGTH_DELIMITED:
-                continue
-            values = {n: decoder.string(v, "a node name") for n, w, v in decoder.fields(*span, "NodeProto")
-                      if n in (_NODE_NAME, _NODE_OP_TYPE) and w == LENGTH_DELIMITED}
-            nodes.append((values.get(_NODE_NAME, ""), values.get(_NODE_OP_TYPE, "")))
-            if len(nodes) == count:
-                break
-        return nodes
-
-
-class _OnnxDecoder(_Decoder):
-    """The Caffe reader's protobuf decoder, with errors that speak of ONNX files."""
-
-    def fail(self, message):
-        raise ValueError(f"{self.path}: {message.replace(_NOT_CAFFE, '')} (not a readable ONNX model)")
