@@ -164,9 +164,10 @@ def check_arguments(args: argparse.Namespace) -> None:
                                      "--webcam": capture_file}, suffixes=(".mp4",))
     if args.driver is not None and not Path(args.driver).exists():
         raise FileNotFoundError(f"driver not found: {args.driver}")
-    if capture_file is not None and "://" not in capture_file and not Path(capture_file).exists():
-        raise FileNotFoundError(f"capture source not found: {capture_file} (give a camera index, a stream URL "
-                                "or a video file)")
+    if args.webcam is not None:
+        from inference.live import check_capture_source
+
+        check_capture_source(args.webcam)
 
 
 def run(args: argparse.Namespace) -> str:

@@ -40,13 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from config import config_from_dict, to_dict
 from inference.headgan import HeadGANPerson, to_tensor
-from model.headgan import resize_map, warp
 from training.person import Person
 from utils.atomic import atomic_file
 
@@ -94,38 +92,39 @@ class TalkingHeadFrameModel(nn.Module):
         return self.generator(driving, psi=self.psi)
 
 
+class PrecomputedFeatures(nn.Module):
+    """Stands in for the flow network's encoder: the reference pair's features (one per scale), repeated over the
+    batch of whatever it is given."""
+
+    def __init__(self, features: list[torch.Tensor]):
+        super().__init__()
+        self.levels = len(features)
+        for level, feature in enumerate(features):  # 1 x C_l x S/2**l x S/2**l
+            self.register_buffer(f"level_{level}", feature.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [getattr(self, f"level_{level}").expand(x.shape[0], -1, -1, -1) for level in range(self.levels)]
+
+
 class HeadGANFrameModel(nn.Module):
     """HeadGAN's G for one reference: driving renders (+ audio) -> frames, reference features precomputed.
 
-    The forward repeats ``FlowNetwork.forward`` after its encoder and ``HeadGANGenerator.forward`` after the
-    flow (the warped reference image, a training output, is left out); the tests hold it equal to the generator.
+    ``generator`` (a copy of its own: its encoder is replaced) runs its usual forward; only the flow encoder's
+    output is fixed, so the model follows the generator's code wherever that changes.
     """
 
     def __init__(self, generator: nn.Module, reference: torch.Tensor, reference_render: torch.Tensor):
         super().__init__()
-        self.generator = generator.eval()
         with torch.no_grad():
             features = generator.flow.encoder(torch.cat([reference, reference_render], dim=1))
-        self.levels = len(features)
-        for level, feature in enumerate(features):  # 1 x C_l x S/2**l x S/2**l
-            self.register_buffer(f"reference_features_{level}", feature.detach().clone())
+        generator.flow.encoder = PrecomputedFeatures(features)
+        self.generator = generator.eval()
 
     def forward(self, driving: torch.Tensor, audio: torch.Tensor | None = None,
                 has_audio: torch.Tensor | None = None) -> torch.Tensor:
-        b = driving.shape[0]
-        flow_net = self.generator.flow
-        features = [getattr(self, f"reference_features_{level}").expand(b, -1, -1, -1)
-                    for level in range(self.levels)]
-        h = features[-1]
-        for block in flow_net.bottleneck:
-            h = block(h, driving)
-        for up, block in zip(flow_net.up, flow_net.decode):
-            h = block(up(h), driving)
-        h = F.leaky_relu(h, 0.2)
-        flow = flow_net.flow_head(h)
-        mask = torch.sigmoid(flow_net.mask_head(h))
-        warped = [warp(f, flow) * resize_map(mask, f.shape[-2:]) for f in features]
-        return self.generator.render(driving, warped, self.generator.embed_audio(audio, b, has_audio))
+        # The encoder no longer reads the reference pair: the driving render stands in for its shape. The warped
+        # reference image (a training output) is not returned, so the exporter drops it from the graph.
+        return self.generator(driving, driving, driving, audio, has_audio)["image"]
 
 
 def frame_model(person) -> nn.Module:

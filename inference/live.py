@@ -55,14 +55,20 @@ def capture_target(source: str | int) -> int | str:
     return str(source)
 
 
+def check_capture_source(source: str | int) -> int | str:
+    """``capture_target``, refusing a file path that does not exist (a URL or camera is only known on opening)."""
+    target = capture_target(source)
+    if isinstance(target, str) and "://" not in target and not Path(target).exists():
+        raise FileNotFoundError(f"capture source not found: {target} (give a camera index, a stream URL or a "
+                                "video file)")
+    return target
+
+
 class Capture:
     """Frames of a ``cv2.VideoCapture`` (camera index, stream URL or video file) as RGB uint8 arrays."""
 
     def __init__(self, source: str | int):
-        self.source = capture_target(source)
-        if isinstance(self.source, str) and "://" not in self.source and not Path(self.source).exists():
-            raise FileNotFoundError(f"capture source not found: {self.source} (give a camera index, a stream URL "
-                                    "or a video file)")
+        self.source = check_capture_source(source)
         self.capture = cv2.VideoCapture(self.source)
         if not self.capture.isOpened():
             kind = "camera" if isinstance(self.source, int) else "stream or video"

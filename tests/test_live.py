@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import reenact as reenact_command
 from bench.inference import posed_mean_faces, random_headgan_generator
@@ -18,17 +17,9 @@ from inference.adapt import reference_shape
 from inference.headgan import headgan_person
 from inference.video import track_driver
 from reenact import reenact
+from test_export import one_torch_thread  # noqa: F401  (autouse: one torch thread here too)
 from test_reenact import SIZE, clip, one_line_error, random_person, read_clip, read_video, write_clip
 from training.person import save_person
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tests check frames, not speed; on a CI machine shared by several jobs one thread per op is faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
