@@ -156,8 +156,12 @@ def save_manifest(out: Path, manifest: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# A full disk, a full quota, or a file-size limit: the same for the user (free space, run again).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _disk_error(err: OSError, path: Path, have: int) -> DownloadError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if err.errno in NO_SPACE:
         return DownloadError(f"{path.name}: no space left for it in {path.parent} ({err.strerror}); the "
                              f"{have:,} bytes downloaded so far are kept: free space and run again")
     return DownloadError(f"{path.name}: cannot write {path} ({err.strerror or err})")
@@ -358,7 +362,7 @@ def extract(archive: Archive, parts: list[Path], dest: Path) -> int:
                 if not (path.is_file() and path.stat().st_size == member.size):
                     written += _write_member(bundle.extractfile(member), path, member.size)
     except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
             raise _disk_error(err, dest, 0) from err
         raise DownloadError(f"{archive.name}: not a readable tar.gz archive ({err})") from err
     return written

@@ -531,6 +531,9 @@ def read_skipping_damaged(dataset, index: int, read) -> dict:
 
     ``dataset`` has ``root``, ``videos`` (rows starting with the path), ``max_skips`` and a ``_warned`` set."""
     count = len(dataset.videos)
+    if not -count <= index < count:
+        raise IndexError(f"video {index} of {count}")  # ends iteration over the dataset; never wrapped around
+    index %= count
     for skipped in range(min(dataset.max_skips, count - 1) + 1):
         candidate = (index + skipped) % count
         try:
