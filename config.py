@@ -719,7 +719,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Writes the resolved config as YAML (frozen into run directories)."""
-    with open(path, "w") as f:
+    from utils.atomic import atomic_file  # a run's frozen config is never half-written
+
+    with atomic_file(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 

@@ -474,9 +474,11 @@ class MouthDiscriminator(nn.Module):
             self.audio_encoder = AudioEncoder(h.audio_mels, h.audio_window, h.audio_dim, sn)
             self.audio_projection = linear(h.audio_dim, self.trunk.out_channels, sn)
 
-    def forward(self, mouth: torch.Tensor, audio: torch.Tensor | None = None
+    def forward(self, mouth: torch.Tensor, audio: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(B, 3, m, m) crops, audio (B, mels, window) or None -> (scores (B, 1, m/8, m/8), activations)."""
+        """(B, 3, m, m) crops, audio (B, mels, window) or None -> (scores (B, 1, m/8, m/8), activations).
+
+        ``audio_mask`` (B,) bool: items without sound (False) get no audio projection term."""
         if mouth.dim() != 4 or mouth.shape[1:] != (3, self.crop_size, self.crop_size):
             raise ValueError(f"mouth crops must have shape (B, 3, {self.crop_size}, {self.crop_size}) "
                              f"(crop_mouth(images, centres, {self.crop_size})), got {tuple(mouth.shape)}")
@@ -484,6 +486,8 @@ class MouthDiscriminator(nn.Module):
         if audio is not None and self.audio_encoder is not None:
             v = features[-1].mean(dim=(2, 3))  # B x C
             projection = (v * self.audio_projection(self.audio_encoder(audio))).sum(dim=1)
+            if audio_mask is not None:
+                projection = projection * audio_mask.to(projection.device, projection.dtype)
             scores = scores + projection.view(-1, 1, 1, 1)
         return scores, features
 

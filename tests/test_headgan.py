@@ -6,7 +6,11 @@ audio features, 64x64). Training runs the ``headgan_demo`` preset for real on CP
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +18,7 @@ import pytest
 import torch
 
 import reenact as reenact_command
-from config import load_config
+from config import ConfigError, load_config
 from dataset.audio import read_audio_features
 from dataset.face3d.fit import read_face3d
 from dataset.headgan_data import HeadGANDataset, collate
@@ -25,9 +29,11 @@ from test_reenact import read_clip, read_video
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.headgan import HeadGANTrainer, validate_headgan
 from training.loop import meta_train
+from utils.syncs import SyncCounter
 
 SIZE = 64
 STEPS = 150
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_cfg(store, *overrides):
@@ -133,8 +139,38 @@ def test_resume_refuses_a_headgan_checkpoint_under_a_talking_head_config(trained
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(checkpoint, run / "checkpoints" / "step_000000001.pt")
     cfg = load_config("demo", [f"data.root={headgan_store}", "data.num_workers=0", "train.steps=2"])
-    with pytest.raises(CheckpointError, match="model.family: checkpoint 'headgan'"):
+    with pytest.raises(ConfigError, match="model.family: run 'headgan', requested 'talking_head'"):
         meta_train(cfg, run, resume=True, progress=False)
+
+
+def test_headgan_steps_do_not_wait_for_the_device(headgan_store, tmp_path):
+    """As for the talking heads (tests/test_training.py): 2 and 5 steps differ by no synchronising op."""
+    counts = {}
+    for steps in (2, 5):
+        cadence = [f"train.steps={steps}", f"train.log_every={steps}", f"train.image_every={steps}",
+                   f"train.checkpoint_every={steps}", "train.batch_size=2"]
+        with SyncCounter() as syncs:
+            meta_train(demo_cfg(headgan_store, *cadence), tmp_path / f"run{steps}", progress=False)
+        counts[steps] = syncs.ops
+    extra = {op: counts[5][op] - counts[2].get(op, 0) for op in counts[5] if counts[5][op] != counts[2].get(op, 0)}
+    assert not extra, f"3 more steps made {extra} more synchronising ops"
+
+
+def test_ddp_trains_on_batches_with_and_without_audio(headgan_store, tmp_path):
+    """torchrun, 2 gloo processes, a store where all but one training clip are silent: whole batches without
+    audio must not leave the audio encoders without gradients (DDP's 'Expected to have finished reduction')."""
+    store = tmp_path / "store"
+    shutil.copytree(headgan_store, store)
+    silent = sorted(store.glob("videos/*/*/audio.npy"))[1:]
+    for path in silent:
+        path.unlink()
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(store), str(run), "headgan"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "step_000000004.pt")["step"] == 4
 
 
 def test_reenact_one_shot_from_a_photo_with_the_drivers_motion_and_audio(trained, demo_clips, tmp_path, capsys):

@@ -1,4 +1,5 @@
 """HeadGAN networks, losses and training step: shapes, warping, audio, crops, overfitting, NaN stop, bad configs."""
+import copy
 import dataclasses
 
 import pytest
@@ -14,7 +15,8 @@ from model.headgan_loss import HeadGANLoss
 from model.loss import ContentLoss
 from model.summary import main as summary_main
 from model.summary import summarize
-from training.precision import NonFiniteLossError
+from training.precision import NonFiniteLossError, Precision
+from utils.syncs import SyncCounter
 from training.headgan import (HeadGANNetworks, build_headgan_optimizers,
                                    headgan_train_step)
 from vgg_model.vgg import CAFFE_PREPROCESS, VGGFeatures
@@ -361,9 +363,11 @@ def test_a_few_steps_overfit_one_batch():
     batch = make_batch(cfg)
     d_before = [p.detach().clone() for p in modules["mouth_discriminator"].parameters()]
     errors = []
+    precision = Precision("none", torch.device("cpu"))
     for step in range(20):
-        stats, outputs = headgan_train_step(batch, nets, optimizers, loss, step)
+        stats, outputs = headgan_train_step(batch, nets, optimizers, loss, step, precision)
         errors.append((outputs["image"] - batch["target"]).abs().mean().item())
+    stats = {name: float(value) for name, value in stats.items()}
     assert errors[-1] < 0.7 * errors[0], errors
     assert set(stats) >= {"loss/d_real", "loss/d_fake", "loss/mouth_real", "loss/mouth_fake", "loss/pixel_l1",
                           "loss/warp_l1", "loss/adversarial", "loss/feature_matching", "loss/mouth_adversarial",
@@ -371,7 +375,7 @@ def test_a_few_steps_overfit_one_batch():
     assert stats["loss/d_total"] == pytest.approx(sum(stats[f"loss/{k}"] for k in
                                                       ("d_real", "d_fake", "mouth_real", "mouth_fake")))
     assert not any(o.requires_grad for o in outputs.values())
-    # The mouth discriminator trained, and its weights were unfrozen again after the G phase.
+    # The mouth discriminator trained; the G phase never froze (or unfroze) any weight.
     assert any(not torch.equal(a, b) for a, b in zip(d_before, modules["mouth_discriminator"].parameters()))
     assert all(p.requires_grad for m in modules.values() for p in m.parameters())
 
@@ -380,33 +384,44 @@ def test_step_without_audio_or_mouth_discriminator():
     cfg = small_config("model.headgan.mouth_ndf=0", "model.headgan.audio=false")
     modules, nets, optimizers, loss = _setup(cfg)
     assert nets.mouth_discriminator is None
-    stats, outputs = headgan_train_step(make_batch(cfg, audio=False), nets, optimizers, loss, step=0)
+    stats, outputs = headgan_train_step(make_batch(cfg, audio=False), nets, optimizers, loss, 0,
+                                        Precision("none", torch.device("cpu")))
     assert "loss/mouth_real" not in stats and "loss/mouth_adversarial" not in stats
     assert outputs["image"].shape == (2, 3, 32, 32)
 
 
-def test_non_finite_loss_stops_before_the_update():
+def test_non_finite_loss_skips_the_update_on_the_device_and_stops_at_the_read():
     cfg = small_config()
     modules, nets, optimizers, loss = _setup(cfg)
     batch = make_batch(cfg)
-    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in modules.items()}
     with torch.no_grad():
         modules["generator"].render.out_conv.bias.fill_(float("nan"))
-    before["generator"] = [p.detach().clone() for p in modules["generator"].parameters()]
-    with pytest.raises(NonFiniteLossError, match=r"'d_fake' is nan at step 7"):
-        headgan_train_step(batch, nets, optimizers, loss, step=7)
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in modules.items()}
+    precision = Precision("none", torch.device("cpu"))
+    with SyncCounter() as syncs:
+        headgan_train_step(batch, nets, optimizers, loss, 7, precision)
+    assert syncs.count == 0, syncs.ops  # the check and the skip happen on the device
     for name, m in modules.items():
         for a, b in zip(before[name], m.parameters()):
             torch.testing.assert_close(b.detach(), a, rtol=0, atol=0, equal_nan=True)
+    assert all(float(s["step"]) == 0 for o in optimizers.values() for s in o.state.values())
+    with pytest.raises(NonFiniteLossError, match=r"'d_fake' became NaN or Inf at step 7"):
+        precision.check(8)
 
     # A term of the G phase only: D has stepped, G has not.
     cfg = small_config()
     modules, nets, optimizers, _ = _setup(cfg)
-    bad = HeadGANLoss(dataclasses.replace(cfg.loss, warp_l1_weight=float("inf")), {})
+    weights = copy.copy(cfg.loss)
+    weights.warp_l1_weight = float("inf")  # past the config's range check: a term that overflows mid-run
+    bad = HeadGANLoss(weights, {})
     g_before = [p.detach().clone() for p in modules["generator"].parameters()]
-    with pytest.raises(NonFiniteLossError, match=r"'warp_l1' is inf at step 3"):
-        headgan_train_step(batch, nets, optimizers, bad, step=3)
+    d_before = [p.detach().clone() for p in modules["discriminator"].parameters()]
+    precision = Precision("none", torch.device("cpu"))
+    headgan_train_step(batch, nets, optimizers, bad, 3, precision)
     assert all(torch.equal(a, b) for a, b in zip(g_before, modules["generator"].parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, modules["discriminator"].parameters()))
+    with pytest.raises(NonFiniteLossError, match=r"'warp_l1' became NaN or Inf at step 3"):
+        precision.check(3)
     assert all(p.requires_grad for m in modules.values() for p in m.parameters())
 
 

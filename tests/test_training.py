@@ -1,6 +1,7 @@
 """The meta-training engine: exact resume, atomic checkpoints, refusals, NaN stop, DDP on 2 CPU processes."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from config import load_config
+from config import ConfigError, load_config
 from training import checkpoint as ckpt
-from training.loop import EpisodeSampler, WeightAverage, meta_train
-from training.precision import NonFiniteLossError
+from training.loop import EpisodeSampler, WeightAverage, check_store_rows, meta_train
+from training.precision import (NonFiniteLossError, Precision, PrecisionError, RowAdam, autocast_context,
+                                make_adam, resolve_amp)
+from utils.syncs import SyncCounter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,24 +115,160 @@ def test_refuses_to_overwrite_and_resume_without_checkpoint(demo_store, tmp_path
         meta_train(tiny_config(demo_store, "train.steps=2"), tmp_path / "run", progress=False)
 
 
-def test_resume_refuses_another_architecture(demo_store, tmp_path):
-    meta_train(tiny_config(demo_store, "train.steps=2"), tmp_path / "run", progress=False)
-    other = tiny_config(demo_store, "train.steps=3", "model.generator.layers=[D32, I, D64, I, BA64, U64, U32]")
-    with pytest.raises(ckpt.CheckpointError) as err:
-        meta_train(other, tmp_path / "run", resume=True, progress=False)
-    message = str(err.value)
-    assert "different architecture" in message and "model.generator" in message
-
-
-def test_nan_loss_stops_with_the_term_and_keeps_the_checkpoint(demo_store, tmp_path):
+def test_resume_refuses_a_changed_config_and_accepts_a_longer_run(demo_store, tmp_path):
     run = tmp_path / "run"
     meta_train(tiny_config(demo_store, "train.steps=2"), run, progress=False)
-    good = ckpt.latest_checkpoint(run)
-    with pytest.raises(NonFiniteLossError, match=r"'pixel_l1' is nan at step 2"):
-        meta_train(tiny_config(demo_store, "train.steps=4", "loss.pixel_l1_weight=.nan"), run, resume=True,
-                   progress=False)
-    assert ckpt.latest_checkpoint(run) == good
-    assert ckpt.load_checkpoint(good)["step"] == 2
+    for change, key in (("optim.lr_generator=0.5", "requested 0.5"),
+                        ("train.batch_size=3", "train.batch_size"), ("train.k_shots=3", "train.k_shots"),
+                        ("model.generator.layers=[D32, I, D64, I, BA64, U64, U32]", "model.generator.layers")):
+        with pytest.raises(ConfigError, match="would change the run's config") as err:
+            meta_train(tiny_config(demo_store, "train.steps=3", change), run, resume=True, progress=False)
+        assert key in str(err.value)
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run))["step"] == 2  # nothing was trained or written
+    # Run length and cadences may change; the frozen config then records the new length.
+    meta_train(tiny_config(demo_store, "train.steps=3", "train.log_every=3"), run, resume=True, progress=False)
+    assert load_config(run / "config.yaml").train.steps == 3
+
+
+def test_resume_refuses_a_store_whose_videos_moved_to_other_rows():
+    saved = torch.tensor([[11, 0], [22, 1], [33, 2]])
+    assert check_store_rows(saved, saved, "run") is None
+    assert "1 videos" in check_store_rows(saved, saved[:2], "run")  # quarantined: the others keep their rows
+    with pytest.raises(ckpt.CheckpointError, match="0 videos are new and 2 sit at other rows"):
+        check_store_rows(saved, torch.tensor([[11, 0], [22, 2], [33, 1]]), "run")
+    with pytest.raises(ckpt.CheckpointError, match="1 videos are new"):
+        check_store_rows(saved, torch.tensor([[11, 0], [44, 1]]), "run")
+
+
+def test_diverging_weights_never_reach_a_checkpoint(demo_store, tmp_path):
+    """A finite but absurd learning rate: the step that goes non-finite is named and no checkpoint is written."""
+    huge = ["optim.lr_generator=1e37", "optim.lr_embedder=1e37", "optim.lr_discriminator=1e37",
+            "train.checkpoint_every=1"]
+    with pytest.raises(NonFiniteLossError, match=r"became NaN or Inf at step 1.*no checkpoint was written"):
+        meta_train(tiny_config(demo_store, "train.steps=3", *huge), tmp_path / "run", progress=False)
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
+
+
+def test_a_state_with_nan_is_never_saved_and_a_failing_save_is_one_line(tmp_path, monkeypatch):
+    good = ckpt.save_run_checkpoint(tmp_path, 1, {"kind": "meta_train", "networks": {"g": {"w": torch.ones(3)}}}, 1)
+    bad = {"kind": "meta_train", "networks": {"g": {"w": torch.tensor([1.0, float("nan")])}}}
+    with pytest.raises(NonFiniteLossError, match=r"NaN or Inf in networks.g.w; not saving it .*step_000000001.pt"):
+        ckpt.save_run_checkpoint(tmp_path, 2, bad, keep=1)
+    assert ckpt.list_checkpoints(tmp_path) == [good]  # rotation never ran for the refused one
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot write checkpoint .*No space left on device .*intact"):
+        ckpt.save_run_checkpoint(tmp_path, 3, {"kind": "meta_train"}, keep=1)
+    assert ckpt.list_checkpoints(tmp_path) == [good] and not list(ckpt.checkpoint_dir(tmp_path).glob(".*.tmp"))
+
+
+def test_resume_falls_back_from_a_damaged_newest_checkpoint(demo_store, tmp_path, capsys):
+    run = tmp_path / "run"
+    meta_train(tiny_config(demo_store, "train.steps=4"), run, progress=False)  # checkpoints at steps 2 and 4
+    newest = ckpt.latest_checkpoint(run)
+    newest.write_bytes(b"")  # a save cut off by a full disk or a killed copy
+    stale = ckpt.checkpoint_dir(run) / ".step_000000006.pt.abc123.tmp"
+    stale.write_bytes(b"partial")
+    meta_train(tiny_config(demo_store, "train.steps=5"), run, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "empty (0 bytes)" in err and "resuming from step_000000002.pt" in err
+    assert not stale.exists() and (newest.parent / (newest.name + ".unreadable")).is_file()
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run))["step"] == 5
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 5  # steps 3 and 4 logged once, by the resumed run
+
+
+def test_an_unwritable_run_directory_is_refused_before_training(demo_store, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ckpt.CheckpointError, match="cannot write to the run directory"):
+        meta_train(tiny_config(demo_store, "train.steps=1"), blocker / "run", progress=False)
+
+
+def test_a_training_step_does_not_wait_for_the_device(demo_store, tmp_path):
+    """Between log, checkpoint, image and validation steps the loop reads nothing back from the device: the
+    runs of 2 and 6 steps (all cadences at the end) differ by no synchronising op at all."""
+    counts = {}
+    for steps in (2, 6):
+        cadence = [f"train.steps={steps}", f"train.log_every={steps}", f"train.image_every={steps}",
+                   f"train.checkpoint_every={steps}", "train.val_every=0"]
+        with SyncCounter() as syncs:
+            meta_train(tiny_config(demo_store, *cadence), tmp_path / f"run{steps}", progress=False)
+        counts[steps] = syncs.ops
+    extra = {op: counts[6][op] - counts[2].get(op, 0) for op in counts[6] if counts[6][op] != counts[2].get(op, 0)}
+    assert not extra, f"4 more steps made {extra} more synchronising ops"
+
+
+def test_fp16_with_a_gradient_scaler_resumes_exactly(demo_store, tmp_path):
+    """train.amp=fp16 (runnable on the CPU for this test): the scaler's state is checkpointed and restored."""
+    fp16 = ["train.amp=fp16", "train.ema_decay=0"]
+    meta_train(tiny_config(demo_store, "train.steps=4", *fp16), tmp_path / "straight", progress=False)
+    meta_train(tiny_config(demo_store, "train.steps=2", *fp16), tmp_path / "split", progress=False)
+    meta_train(tiny_config(demo_store, "train.steps=4", *fp16), tmp_path / "split", resume=True, progress=False)
+    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / r)) for r in ("straight", "split"))
+    assert a["scaler"]["scale"] == b["scaler"]["scale"]
+    assert a["scaler"]["_growth_tracker"] == b["scaler"]["_growth_tracker"]
+    for name, weights in a["networks"].items():
+        assert all(torch.equal(v, b["networks"][name][k]) for k, v in weights.items()), name
+    assert a["config"]["train"]["amp"] == "fp16"
+
+
+def test_amp_auto_resolves_for_the_device_and_impossible_choices_are_refused():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "none" and resolve_amp("bf16", cpu) == "bf16"
+    with pytest.raises(PrecisionError, match="needs a CUDA GPU"):
+        resolve_amp("fp16", torch.device("meta"))
+    with pytest.raises(PrecisionError, match="resolved amp"):
+        autocast_context(cpu, "auto")
+
+
+def test_non_finite_terms_skip_the_update_on_the_device():
+    """The guard and the skip need no host read; Adam's weights, moments and step counter stay as they were."""
+    net = torch.nn.Linear(3, 1)
+    opt = make_adam(net.parameters(), 0.1, (0.0, 0.999))
+    precision = Precision("none", torch.device("cpu"))
+    x = torch.ones(2, 3)
+    good = {"fit": net(x).pow(2).mean()}
+    precision.step(opt, precision.backward(good, 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+    with SyncCounter() as syncs:
+        opt.zero_grad()
+        bad = {"fit": net(x).pow(2).mean(), "broken": torch.tensor(float("inf"))}
+        precision.step(opt, precision.backward(bad, 2))
+    assert syncs.count == 0, syncs.ops
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, opt.state.values()))
+    assert all(float(s["step"]) == 1 for s in opt.state.values())
+    with pytest.raises(NonFiniteLossError, match="'broken' became NaN or Inf at step 2"):
+        precision.check(2)
+
+
+def test_row_adam_matches_sparse_adam_and_skips_rows_on_the_device():
+    torch.manual_seed(0)
+    weights = [torch.nn.Embedding(6, 4, sparse=True) for _ in range(2)]
+    weights[1].load_state_dict(weights[0].state_dict())
+    reference = torch.optim.SparseAdam(weights[0].parameters(), lr=0.01, betas=(0.0, 0.999))
+    rows = RowAdam(weights[1].parameters(), lr=0.01, betas=(0.0, 0.999))
+    for step in range(3):
+        index = torch.tensor([1, 3, 3, step])  # duplicates, as a batch with two episodes of one video has
+        target = torch.randn(4, 4)
+        for w, opt in zip(weights, (reference, rows)):
+            opt.zero_grad()
+            (w(index) - target).pow(2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(weights[1].weight, weights[0].weight)
+    before = weights[1].weight.detach().clone()
+    rows.zero_grad()
+    weights[1](torch.tensor([2, 5])).sum().backward()
+    rows.step(found_inf=torch.tensor(1.0))
+    assert torch.equal(weights[1].weight, before)
+    restored = RowAdam(weights[1].parameters(), lr=0.01)
+    restored.load_state_dict(rows.state_dict())
+    assert "scratch" not in rows.state_dict()["state"][0]
 
 
 def test_corrupted_and_missing_checkpoints_give_clear_errors(tmp_path):

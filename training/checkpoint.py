@@ -72,9 +72,48 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(checkpoint_dir(run_dir).glob("step_*.pt"))
 
 
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding a NaN or Inf (one host read for all of them)."""
+    named: list[tuple[str, torch.Tensor]] = []
+
+    def walk(value: Any, name: str) -> None:
+        if torch.is_tensor(value):
+            if value.is_floating_point() and value.numel():
+                named.append((name, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}[{i}]")
+
+    walk(state, prefix)
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all().to("cpu", non_blocking=True) for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, flags) if not ok]
+
+
 def save_run_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Writes ``checkpoints/step_{step}.pt`` and deletes all but the newest ``keep``."""
-    path = save_checkpoint(checkpoint_dir(run_dir) / f"step_{step:09d}.pt", {**state, "step": step})
+    """Writes ``checkpoints/step_{step}.pt`` and deletes all but the newest ``keep``.
+
+    A state holding a NaN or Inf is never written (the newest good checkpoint stays the newest), and a failing
+    write (disk full, read-only) is one CheckpointError naming the file and the checkpoint that is still intact.
+    """
+    from training.precision import NonFiniteLossError
+
+    path = checkpoint_dir(run_dir) / f"step_{step:09d}.pt"
+    previous = latest_checkpoint(run_dir)
+    intact = f"the newest checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    bad = nonfinite_tensors({k: state[k] for k in ("networks", "optimizers", "ema") if k in state})
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteLossError(f"step {step}: NaN or Inf in {shown}; not saving it ({intact}). The weights "
+                                 "diverged: lower the learning rates")
+    try:
+        save_checkpoint(path, {**state, "step": step})
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err} ({intact})") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
     return path

@@ -36,15 +36,35 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(requested: str) -> torch.device:
+    """``--device``: "auto" is this process's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: this machine has no CUDA GPU (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda or 'none'})")
+    return device
+
+
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Joins the torchrun process group (or reuses one the caller made); returns this process's info and device."""
+    """Joins the torchrun process group (or reuses one the caller made); returns this process's info and device.
+
+    On CUDA each process takes GPU LOCAL_RANK and NCCL; on the CPU, gloo (said once, since a GPU box that lands
+    here has lost its GPUs: a wrong --device or CUDA_VISIBLE_DEVICES).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    elif info.rank == 0:
+        print(f"note: {world_size} processes on the CPU with gloo" +
+              (" although CUDA GPUs are visible (--device cpu)" if torch.cuda.is_available() else ""), flush=True)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         info.owns_group = True
@@ -65,23 +85,26 @@ def wrap(module: nn.Module, info: DistInfo, device: torch.device, ignore: tuple[
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def average_sparse_grad(weight: torch.Tensor) -> None:
-    """Averages a sparse row gradient across processes by gathering the rows each touched (padded gathers)."""
-    grad = weight.grad.coalesce()
-    indices, values = grad.indices()[0], grad.values()
-    counts = [torch.zeros(1, dtype=torch.long, device=indices.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([indices.numel()], device=indices.device))
-    most = int(max(c.item() for c in counts))
-    pad = most - indices.numel()
-    padded_i = torch.cat([indices, indices.new_zeros(pad)])
-    padded_v = torch.cat([values, values.new_zeros(pad, values.shape[1])])
-    all_i = [torch.empty_like(padded_i) for _ in counts]
-    all_v = [torch.empty_like(padded_v) for _ in counts]
+def average_sparse_grad(weight: torch.Tensor, rows: int) -> None:
+    """Averages a sparse row gradient across processes by gathering the rows each touched.
+
+    Every process pads its (uncoalesced) gradient to ``rows`` entries with zero rows at index 0, a size known
+    without asking the device, so the gathers need no host read; duplicate rows are summed by the optimiser
+    (``training.precision.RowAdam``).
+    """
+    grad = weight.grad
+    indices, values = grad._indices()[0], grad._values()
+    count = indices.numel()  # sparse metadata: on the host
+    if count > rows:
+        raise ValueError(f"W's gradient has {count} rows, more than the {rows} a step can touch")
+    padded_i = torch.cat([indices, indices.new_zeros(rows - count)])
+    padded_v = torch.cat([values, values.new_zeros(rows - count, values.shape[1])])
+    world = dist.get_world_size()
+    all_i = [torch.empty_like(padded_i) for _ in range(world)]
+    all_v = [torch.empty_like(padded_v) for _ in range(world)]
     dist.all_gather(all_i, padded_i)
     dist.all_gather(all_v, padded_v)
-    rows = torch.cat([i[:int(c.item())] for i, c in zip(all_i, counts)])
-    vals = torch.cat([v[:int(c.item())] for v, c in zip(all_v, counts)]) / len(counts)
-    weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, grad.shape, check_invariants=True).coalesce()
+    weight.grad = torch.sparse_coo_tensor(torch.cat(all_i).unsqueeze(0), torch.cat(all_v) / world, grad.shape)
 
 
 def broadcast_parameters(module: nn.Module) -> None:

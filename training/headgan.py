@@ -30,14 +30,14 @@ from dataset.store import StoreError, to_unit_range
 from model.headgan import crop_mouth
 from model.headgan_loss import HeadGANLoss
 from training import distributed
-from training.precision import autocast_context, check_finite
+from training.precision import Precision, make_adam
 from training.report import image_grid
 
 @dataclass
 class HeadGANNetworks:
     """The networks as the step calls them (possibly DDP/compile-wrapped) and the discriminators' plain modules.
 
-    ``mouth_discriminator`` and ``mouth_module`` are None when the config has no mouth discriminator.
+    ``mouth_discriminator``, ``mouth_module`` and ``mouth_g`` are None when the config has no mouth discriminator.
     """
 
     generator: nn.Module
@@ -45,6 +45,13 @@ class HeadGANNetworks:
     mouth_discriminator: nn.Module | None
     discriminator_module: nn.Module
     mouth_module: nn.Module | None
+    # What the G phase calls: the plain modules (outside DDP), compiled when the run compiles.
+    discriminator_g: nn.Module | None = None
+    mouth_g: nn.Module | None = None
+
+    def __post_init__(self):
+        self.discriminator_g = self.discriminator_g or self.discriminator_module
+        self.mouth_g = self.mouth_g or self.mouth_module
 
     @classmethod
     def from_modules(cls, modules: dict[str, nn.Module]) -> "HeadGANNetworks":
@@ -54,14 +61,15 @@ class HeadGANNetworks:
 
 
 def build_headgan_optimizers(modules: dict[str, nn.Module], cfg: Config) -> dict[str, torch.optim.Optimizer]:
-    """Adam for G, and one Adam for the multi-scale and the mouth discriminator (they step together)."""
+    """Fused Adam for G, and one for the multi-scale and the mouth discriminator (they step together); build them
+    after the networks are on their device."""
     o = cfg.optim
     betas = (o.betas[0], o.betas[1])
     d_params = list(modules["discriminator"].parameters())
     if modules.get("mouth_discriminator") is not None:
         d_params += list(modules["mouth_discriminator"].parameters())
-    return {"generator": torch.optim.Adam(modules["generator"].parameters(), lr=o.lr_generator, betas=betas),
-            "discriminator": torch.optim.Adam(d_params, lr=o.lr_discriminator, betas=betas)}
+    return {"generator": make_adam(modules["generator"].parameters(), o.lr_generator, betas),
+            "discriminator": make_adam(d_params, o.lr_discriminator, betas)}
 
 
 def _split(outputs: list[tuple[torch.Tensor, list[torch.Tensor]]], b: int
@@ -81,72 +89,65 @@ def _double(audio: torch.Tensor | None) -> torch.Tensor | None:
 
 def headgan_train_step(batch: dict[str, torch.Tensor | None], nets: HeadGANNetworks,
                        optimizers: dict[str, torch.optim.Optimizer], loss: HeadGANLoss, step: int,
-                       amp: str = "none") -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """One D phase and one G phase on a batch; returns (logged scalars, the generator's outputs detached).
+                       precision: Precision) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One D phase and one G phase on a batch; returns (scalars as detached device tensors, outputs detached).
 
     ``batch``: "reference", "reference_render", "driving_render", "target" (B, 3, S, S) in [-1, 1], "audio"
     (B, audio_mels, audio_window) or None, optionally "has_audio" (B,) bool (a batch mixing clips with and
-    without sound), "mouth" (B, 2) pixel centre (x, y) of the target's mouth.
+    without sound), "mouth" (B, 2) pixel centre (x, y) of the target's mouth. The audio networks run on every
+    batch that carries audio features, silent items masked (so DDP sees the same parameters used every step and
+    no host read decides whether a batch "has audio").
     """
     target, render = batch["target"], batch["driving_render"]
     audio = batch.get("audio")
+    mask = None if audio is None else batch.get("has_audio")
     b = target.shape[0]
-    autocast = autocast_context(target.device, amp)
     use_mouth = nets.mouth_discriminator is not None and loss.uses_mouth
 
-    with autocast:
-        out = nets.generator(batch["reference"], batch["reference_render"], render, audio,
-                             None if audio is None else batch.get("has_audio"))
+    with precision.autocast():
+        out = nets.generator(batch["reference"], batch["reference_render"], render, audio, mask)
     fake = out["image"]
     if use_mouth:
         size = nets.mouth_module.crop_size
         real_mouth, fake_mouth = crop_mouth(target, batch["mouth"], size), crop_mouth(fake, batch["mouth"], size)
 
     # D phase: real and detached generated frames in one forward per discriminator.
-    with autocast:
+    with precision.autocast():
         d_real, d_fake = _split(nets.discriminator(torch.cat([target, fake.detach()]), torch.cat([render, render])), b)
         mouth_real = mouth_fake = None
         if use_mouth:
             (mouth_real,), (mouth_fake,) = _split(
-                [nets.mouth_discriminator(torch.cat([real_mouth, fake_mouth.detach()]), _double(audio))], b)
+                [nets.mouth_discriminator(torch.cat([real_mouth, fake_mouth.detach()]), _double(audio),
+                                          _double(mask))], b)
     d_terms = loss.discriminator_terms(d_real, d_fake, mouth_real, mouth_fake)
-    check_finite(d_terms, step)
     optimizers["discriminator"].zero_grad(set_to_none=True)
-    sum(d_terms.values()).backward()
-    optimizers["discriminator"].step()
-    scores = {"score/real": float(sum(s.detach().mean() for s, _ in d_real) / len(d_real)),
-              "score/fake": float(sum(s.detach().mean() for s, _ in d_fake) / len(d_fake))}
+    d_inf = precision.backward(d_terms, step)
+    precision.step(optimizers["discriminator"], d_inf)
+    scores = {"score/real": torch.stack([s.detach().mean() for s, _ in d_real]).mean(),
+              "score/fake": torch.stack([s.detach().mean() for s, _ in d_fake]).mean()}
     if use_mouth:
-        scores["score/mouth_real"] = float(mouth_real[0].detach().mean())
-        scores["score/mouth_fake"] = float(mouth_fake[0].detach().mean())
+        scores["score/mouth_real"] = mouth_real[0].detach().mean()
+        scores["score/mouth_fake"] = mouth_fake[0].detach().mean()
 
-    # G phase: through the plain discriminators with their weights frozen.
-    frozen = [p for m in (nets.discriminator_module, nets.mouth_module if use_mouth else None) if m is not None
-              for p in m.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        with autocast:
-            g_fake, g_real = _split(nets.discriminator_module(torch.cat([fake, target]),
-                                                              torch.cat([render, render])), b)
-            mouth_g = mouth_real_features = None
-            if use_mouth:
-                (mouth_g,), (mouth_r,) = _split([nets.mouth_module(torch.cat([fake_mouth, real_mouth]),
-                                                                   _double(audio))], b)
-                mouth_real_features = [f.detach() for f in mouth_r[1]]
-            g_terms = loss({"image": fake.float(), "warped": out["warped"].float()}, target, g_fake,
-                           [[f.detach() for f in features] for _, features in g_real], mouth_g, mouth_real_features)
-        check_finite(g_terms, step)
-        optimizers["generator"].zero_grad(set_to_none=True)
-        sum(g_terms.values()).backward()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    optimizers["generator"].step()
+    # G phase: through the plain discriminators; the backward pass reaches G's weights only.
+    with precision.autocast():
+        g_fake, g_real = _split(nets.discriminator_g(torch.cat([fake, target]), torch.cat([render, render])), b)
+        mouth_g = mouth_real_features = None
+        if use_mouth:
+            (mouth_g,), (mouth_r,) = _split([nets.mouth_g(torch.cat([fake_mouth, real_mouth]), _double(audio),
+                                                          _double(mask))], b)
+            mouth_real_features = [f.detach() for f in mouth_r[1]]
+        g_terms = loss({"image": fake.float(), "warped": out["warped"].float()}, target, g_fake,
+                       [[f.detach() for f in features] for _, features in g_real], mouth_g, mouth_real_features)
+    optimizers["generator"].zero_grad(set_to_none=True)
+    g_inf = precision.backward(g_terms, step, inputs=[p for g in optimizers["generator"].param_groups
+                                                      for p in g["params"]])
+    precision.step(optimizers["generator"], g_inf)
+    precision.update()
 
-    stats = {f"loss/{name}": float(v.detach()) for name, v in {**d_terms, **g_terms}.items()}
-    stats["loss/d_total"] = sum(float(v.detach()) for v in d_terms.values())
-    stats["loss/g_total"] = sum(float(v.detach()) for v in g_terms.values())
+    stats = {f"loss/{name}": v.detach() for name, v in {**d_terms, **g_terms}.items()}
+    stats["loss/d_total"] = torch.stack([v.detach() for v in d_terms.values()]).sum()
+    stats["loss/g_total"] = torch.stack([v.detach() for v in g_terms.values()]).sum()
     stats.update(scores)
     return stats, {name: value.detach() for name, value in out.items()}
 
@@ -161,10 +162,9 @@ def headgan_dataset(cfg: Config, split: str, as_uint8: bool = False) -> HeadGAND
 
 
 def batch_audio(batch: dict, enabled: bool) -> torch.Tensor | None:
-    """The audio features the generator gets: None when audio is off or no item of the batch has audio."""
-    if not enabled or not bool(batch["has_audio"].any()):
-        return None
-    return batch["audio"]
+    """The audio features the generator gets: None when audio is off, else the batch's features (silent items are
+    zeros, masked by ``has_audio`` in the networks; whether any item has sound is not asked of the device)."""
+    return batch["audio"] if enabled else None
 
 
 def prepare_headgan_batch(batch: dict, device: torch.device) -> dict:
@@ -231,19 +231,23 @@ class HeadGANTrainer:
 
     def wrap(self, nets: dict, info: distributed.DistInfo, dev: torch.device) -> None:
         wrapped = {name: distributed.wrap(net, info, dev) for name, net in nets.items()}
+        mouth = nets.get("mouth_discriminator")
+        plain = {"discriminator": nets["discriminator"], "mouth": mouth}
         if self.cfg.train.compile:
             wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
-        mouth = nets.get("mouth_discriminator")
+            plain = {name: net if net is None else torch.compile(net) for name, net in plain.items()}
         self.networks = HeadGANNetworks(wrapped["generator"], wrapped["discriminator"],
-                                        wrapped.get("mouth_discriminator"), nets["discriminator"], mouth)
+                                        wrapped.get("mouth_discriminator"), nets["discriminator"], mouth,
+                                        plain["discriminator"], plain["mouth"])
 
     def prepare(self, batch: dict, device: torch.device) -> dict:
         out = prepare_headgan_batch(batch, device)
         out["audio"] = batch_audio(out, self.cfg.model.headgan.audio)
         return out
 
-    def step(self, batch: dict, optimizers: dict, loss: torch.nn.Module, step: int) -> tuple[dict, dict]:
-        return headgan_train_step(batch, self.networks, optimizers, loss, step, self.cfg.train.amp)
+    def step(self, batch: dict, optimizers: dict, loss: torch.nn.Module, step: int,
+             precision: Precision) -> tuple[dict, dict]:
+        return headgan_train_step(batch, self.networks, optimizers, loss, step, precision)
 
     def validation_set(self, count: int) -> list[dict]:
         try:
