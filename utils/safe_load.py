@@ -45,11 +45,12 @@ def load_tensors(path: str | os.PathLike, what: str = "file", map_location: str 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower() or "unsupported global" in str(err).lower():
+        if "unsupported global" in str(err).lower():
             raise UnsafeOrDamagedFile(
                 f"{what} {path} holds pickled Python objects beyond tensors (code would run on loading); "
                 "it is not loaded. Re-save it as a plain state dict of tensors (or safetensors).") from None
-        raise UnsafeOrDamagedFile(f"{what} {path} is damaged or not a PyTorch file ({_first_line(err)})") from None
+        raise UnsafeOrDamagedFile(f"{what} {path} is not a PyTorch file of tensors (a plain pickle, or damaged); "
+                                  "it is not loaded") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, IndexError) as err:
         raise UnsafeOrDamagedFile(f"{what} {path} is truncated, damaged or not a PyTorch file "
                                   f"({type(err).__name__}: {_first_line(err)})") from None
