@@ -191,6 +191,9 @@ class H264Writer:
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
+        # Found now, not at the final rename after all the frames (which would also strand the temporary file).
+        if self.path.is_dir():
+            raise ValueError(f"cannot write a video to {self.path}: it is a directory")
         self.fps = fps
         self.crf = crf
         self.audio_from = Path(audio_from) if audio_from is not None and Path(audio_from).is_file() else None
@@ -229,9 +232,13 @@ class H264Writer:
         if self._process.returncode != 0:
             self._abort()
             raise RuntimeError(f"ffmpeg failed writing {self.path} (exit {self._process.returncode}): {errors}")
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        try:
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+        except OSError:
+            self._abort()  # e.g. the path became a directory meanwhile: no hidden partial file stays behind
+            raise
 
     @property
     def video_size(self) -> tuple[int, int]:

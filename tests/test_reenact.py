@@ -246,6 +246,19 @@ def test_writer_makes_browser_playable_h264_with_even_size(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["odd.mp4"]
 
 
+def test_writer_refuses_a_directory_before_any_frame_and_leaves_nothing_behind(tmp_path):
+    (tmp_path / "out.mp4").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        H264Writer(tmp_path / "out.mp4", fps=25)
+    later = tmp_path / "later.mp4"
+    with pytest.raises(OSError):
+        with H264Writer(later, fps=25) as writer:
+            writer.write(np.zeros((16, 16, 3), np.uint8))
+            later.mkdir()  # the output path turns into a folder while the video is being written
+            (later / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["later.mp4", "out.mp4"]
+
+
 def test_driver_frames_without_a_face_keep_the_previous_landmarks(demo_clips, detector, tmp_path):
     frames = read_clip(clip(demo_clips, "id00001"))
     blank = {0, 1, 7}
