@@ -20,13 +20,13 @@ What is folded into the graph, so that a frame costs one run of the file:
 
 The batch axis is dynamic for talking heads. A HeadGAN file is traced at batch 1 (its SPADE layers resize the
 conditioning map to a size read from a tensor, which the exporter can only turn into a constant when every shape
-is); larger batches run one frame at a time, and live capture is batch 1 anyway. The file's metadata (``talkinghead`` key, JSON) carries what a runtime needs besides
-the network: family, image size, identity; for talking heads the person's mean landmarks (cross-person
-adaptation) and landmark thickness; for HeadGAN the model section of the config and the reference's 3D face fit
-(``dataset.face3d.fit.transfer`` moves a driver's expression onto it). Exported with the TorchScript-based
-``torch.onnx.export(..., dynamo=False)``, which needs only the ``onnx`` package (no ``onnxscript``).
-After writing, the file is run once with onnxruntime on the person's own face and compared with PyTorch; the
-command prints the largest difference.
+is); larger batches run one frame at a time, and live capture is batch 1 anyway. The file's metadata
+(``talkinghead`` key, JSON) carries what a runtime needs besides the network: family, image size, identity; for
+talking heads the person's mean landmarks (cross-person adaptation) and landmark thickness; for HeadGAN the model
+section of the config and the reference's 3D face fit (``dataset.face3d.fit.transfer`` moves a driver's expression
+onto it). Exported with the TorchScript-based ``torch.onnx.export(..., dynamo=False)``, which needs only the
+``onnx`` package (no ``onnxscript``). After writing, the file is run once with onnxruntime on the person's own
+face and compared with PyTorch; the command prints the largest difference.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from config import config_from_dict, to_dict
-from inference.headgan import HeadGANPerson, to_tensor
+from inference.headgan import HeadGANPerson
 from training.person import Person
 from utils.atomic import atomic_file
 

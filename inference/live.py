@@ -151,7 +151,8 @@ class TalkingHeadDriving:
         self.seen: list[np.ndarray] = []
         self.reference: np.ndarray | None = None
 
-    def driving(self, crop: np.ndarray, points: np.ndarray, found: bool, clock: StageClock) -> tuple[torch.Tensor, np.ndarray]:
+    def driving(self, crop: np.ndarray, points: np.ndarray, found: bool,
+                clock: StageClock) -> tuple[torch.Tensor, np.ndarray]:
         with clock("adapt"):
             if self.adapt:
                 if found and len(self.seen) < self.calibration:
@@ -196,7 +197,8 @@ class HeadGANDriving:
                        scale=np.r_[fit.scale[0], scale], rotation=np.stack([fit.rotation[0], rotation[0]]),
                        translation=np.stack([fit.translation[0], translation[0]]), valid=np.ones(2, bool))
 
-    def driving(self, crop: np.ndarray, points: np.ndarray, found: bool, clock: StageClock) -> tuple[torch.Tensor, np.ndarray]:
+    def driving(self, crop: np.ndarray, points: np.ndarray, found: bool,
+                clock: StageClock) -> tuple[torch.Tensor, np.ndarray]:
         from dataset.face3d.fit import transfer
         from dataset.face3d.render import render_nmfc
         from inference.headgan import to_tensor

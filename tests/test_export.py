@@ -92,8 +92,8 @@ def test_headgan_frame_model_with_precomputed_reference_features_is_exact(headga
     audio = torch.randn(3, h.audio_mels, h.audio_window, generator=torch.Generator().manual_seed(1))
     mask = torch.tensor([True, False, True])
     with torch.no_grad():
-        want = headgan.generator(headgan.reference.expand(3, -1, -1, -1), headgan.reference_render.expand(3, -1, -1, -1),
-                                 renders, audio, mask)["image"]
+        references = (headgan.reference.expand(3, -1, -1, -1), headgan.reference_render.expand(3, -1, -1, -1))
+        want = headgan.generator(*references, renders, audio, mask)["image"]
         got = model(renders, audio, mask)
         silent = model(renders)
     # Same operations on the same numbers, spectral norm evaluated once instead of per call.
