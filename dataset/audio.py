@@ -63,7 +63,7 @@ import numpy as np
 from dataset import store
 from dataset.pipeline.runner import RunSummary, add_run_arguments, run_videos, shard_suffix
 from dataset.pipeline.videos import (CLIP_SUFFIXES, IMAGE_SUFFIXES, VideoUnit, clip_frame_count, evenly_spaced,
-                                     natural_key)
+                                     natural_key, walk_files)
 from utils.atomic import atomic_file
 
 SAMPLE_RATE = 16000          # Hz, mono
@@ -371,13 +371,11 @@ def _parse_clip_source(source: str) -> tuple[str, int] | None:
 
 
 def _video_clips(folder: Path) -> list[str]:
-    """Clip stems below a video folder in the order ``find_videos`` gives them (numbers compared as numbers)."""
-    stems = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in CLIP_SUFFIXES:
-                stems.append((Path(dirpath) / name).relative_to(folder).as_posix())
+    """Clip stems below a video folder in the order ``find_videos`` gives them (numbers compared as numbers),
+    listed by the same loop-safe walk."""
+    problems: list[str] = []
+    stems = ["/".join(parts) for parts, is_file in walk_files(folder, problems)
+             if is_file and os.path.splitext(parts[-1])[1].lower() in CLIP_SUFFIXES]
     return [str(PurePosixPath(s).with_suffix("")) for s in sorted(stems, key=natural_key)]
 
 

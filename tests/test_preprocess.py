@@ -324,11 +324,13 @@ import json, os, sys
 sys.path.insert(0, {str(REPO)!r})
 from dataset.pipeline.videos import scan_videos, sample_frames
 from dataset.voxceleb2.clean_data import check_clip
+from dataset.audio import _video_clips
 DROP
 scan = scan_videos({str(root)!r})
 v1 = next(u for u in scan.units if u.video == "v1")
 print(json.dumps({{"units": {{u.key: list(u.clips) for u in scan.units}}, "problems": scan.problems,
-                  "check": check_clip(v1.path(v1.clips[0])), "sample": sample_frames(v1, 4).problems}}))
+                  "check": check_clip(v1.path(v1.clips[0])), "sample": sample_frames(v1, 4).problems,
+                  "audio_clips": _video_clips(v1.path("id1/v3"))}}))
 """
         result = run_without_root(code, top)
         assert result.returncode == 0, result.stderr
@@ -343,6 +345,7 @@ print(json.dumps({{"units": {{u.key: list(u.clips) for u in scan.units}}, "probl
     assert "id1/v3/self.mp4: cannot read (Too many levels of symbolic links)" in problems
     assert found["check"]["reason"] == "cannot read the file (Permission denied)"   # not "no frames"
     assert found["sample"] == ["cannot read clip 00001.mp4: Permission denied"]
+    assert found["audio_clips"] == ["00001"]                                  # the audio step walks safely too
 
 
 def test_a_shard_does_not_enter_the_folders_of_other_shards_videos(tmp_path):

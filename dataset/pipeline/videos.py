@@ -8,9 +8,11 @@ folders of unfinished runs.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -67,29 +69,22 @@ class VideoScan:
     problems: list[str]
 
 
-def scan_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] | None = None) -> VideoScan:
-    """Lists the videos under ``root`` in sorted order; symlinked folders are followed, each real folder once.
+def walk_files(root: str | Path, problems: list[str], enter: Callable[[tuple[str, ...]], bool] | None = None
+               ) -> Iterator[tuple[tuple[str, ...], bool]]:
+    """``(path parts below root, is a regular file)`` of every non-hidden file under ``root``, folders and files in
+    name order, symbolic links followed, each real folder entered once.
 
-    ``video_depth`` is the depth of a video folder: 2 for ``identity/video``, 3 for ``identity/x/video``.
-    The identity is always the first folder and the video the folder at ``video_depth``.
-
-    Why a walk of its own instead of ``os.walk(followlinks=True)``:
-
-    * a folder is entered once per real folder (device, inode), so a symlink loop (``video/again -> ..``) is
-      reported and not followed, instead of counting the same clip under ever longer paths until the path
-      limit, or never finishing with two loops;
-    * with ``shard``, the folders of other shards' videos are not entered at all: n machines list the videos
-      once each instead of every file of the tree n times;
-    * a folder or link that cannot be read lands in ``problems`` with the reason instead of vanishing.
-    """
-    if video_depth < 2:
-        raise ValueError(f"video_depth must be at least 2 (identity/video), got {video_depth}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"input folder not found: {root}")
-    found: dict[tuple[str, str], dict[str, list[str]]] = {}
-    problems: list[str] = []
+    Why not ``os.walk(followlinks=True)``: a folder is entered once per real folder (device, inode), so a symlink
+    loop (``video/again -> ..``) is reported and not followed, instead of listing the same clip under ever longer
+    paths until the path limit, or never finishing with two loops; and a folder or link that cannot be read lands
+    in ``problems`` (one line naming it and the reason) instead of vanishing. ``enter(parts)`` says whether to go
+    into a folder (default: all)."""
     entered: dict[tuple[int, int], str] = {}
+    # A link to a folder above the root is a loop too, even when walking one video's folder.
+    for ancestor in Path(root).resolve().parents:
+        with contextlib.suppress(OSError):
+            status = ancestor.stat()
+            entered[(status.st_dev, status.st_ino)] = f"{ancestor} (above the walked folder)"
     stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
     while stack:
         folder, parts = stack.pop()
@@ -117,21 +112,44 @@ def scan_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] |
                 problems.append(f"{'/'.join(child)}: cannot read ({err.strerror or err})")
                 continue
             if is_dir:
-                if len(child) != video_depth or in_shard(f"{child[0]}/{child[-1]}", shard):
+                if enter is None or enter(child):
                     subfolders.append((entry.path, child))
-                continue
-            if len(parts) < video_depth:
-                continue
-            suffix = os.path.splitext(entry.name)[1].lower()
-            kind = "images" if suffix in IMAGE_SUFFIXES else "clips" if suffix in CLIP_SUFFIXES else None
-            if kind is None:
-                continue
-            if not is_file:
-                problems.append(f"{'/'.join(child)}: broken symbolic link or not a regular file")
-                continue
-            files = found.setdefault((parts[0], parts[video_depth - 1]), {"images": [], "clips": []})
-            files[kind].append("/".join(child))
+            else:
+                yield child, is_file
         stack += reversed(subfolders)  # depth first, in name order: the first of two links to a folder wins
+
+
+def scan_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] | None = None) -> VideoScan:
+    """Lists the videos under ``root`` in sorted order (with ``walk_files``: symlinks followed, each real folder
+    once, unreadable paths in ``problems``).
+
+    ``video_depth`` is the depth of a video folder: 2 for ``identity/video``, 3 for ``identity/x/video``.
+    The identity is always the first folder and the video the folder at ``video_depth``. With ``shard``, the
+    folders of other shards' videos are not entered at all: n machines list the videos once each instead of every
+    file of the tree n times.
+    """
+    if video_depth < 2:
+        raise ValueError(f"video_depth must be at least 2 (identity/video), got {video_depth}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder not found: {root}")
+    found: dict[tuple[str, str], dict[str, list[str]]] = {}
+    problems: list[str] = []
+
+    def enter(parts: tuple[str, ...]) -> bool:
+        return len(parts) != video_depth or in_shard(f"{parts[0]}/{parts[-1]}", shard)
+
+    for parts, is_file in walk_files(root, problems, enter):
+        if len(parts) <= video_depth:
+            continue
+        kind = _file_kind(parts[-1])
+        if kind is None:
+            continue
+        if not is_file:
+            problems.append(f"{'/'.join(parts)}: broken symbolic link or not a regular file")
+            continue
+        files = found.setdefault((parts[0], parts[video_depth - 1]), {"images": [], "clips": []})
+        files[kind].append("/".join(parts))
     units = []
     for (identity, video), files in sorted(found.items()):
         unit = VideoUnit(identity, video, str(root), video_depth)
@@ -139,6 +157,11 @@ def scan_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] |
                                images=tuple(sorted(files["images"], key=lambda f: natural_key(unit.inner(f)))),
                                clips=tuple(sorted(files["clips"], key=lambda f: natural_key(unit.inner(f))))))
     return VideoScan(units, problems)
+
+
+def _file_kind(name: str) -> str | None:
+    suffix = os.path.splitext(name)[1].lower()
+    return "images" if suffix in IMAGE_SUFFIXES else "clips" if suffix in CLIP_SUFFIXES else None
 
 
 def find_videos(root: str | Path, video_depth: int = 2, shard: tuple[int, int] | None = None) -> list[VideoUnit]:
