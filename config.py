@@ -67,16 +67,16 @@ def _in_unit_interval(key: str, value: float, include_one: bool) -> None:
         _refuse(key, "in [0, 1]" if include_one else "in [0, 1)", value)
 
 
-# The layer-table grammar of model/blocks.py (TOKEN there), restated because that module imports torch and
-# config.py must stay importable without it: NAME, NAME<width> and either followed by *<repeat>.
+# The layer-table grammar (model/blocks.py builds the networks from it): NAME, NAME<width> and either followed by
+# *<repeat>. It lives here so that config.py checks tables without importing torch.
 _TOKEN = re.compile(r"^(BA|D|U|B|R|I|A)(\d+)?(?:\*(\d+))?$")
 _SIZED = {"D", "U", "B", "BA", "R"}
 # Spatial factor of each block kind in build_layers (D halves, U doubles, the rest keep the size).
 _SCALE = {"D": 0.5, "U": 2}
 
 
-def _parse_table(tokens: list[str], key: str) -> list[tuple[int, str, int | None]]:
-    """Expands a layer table into (table index, kind, width) per block, with model/blocks.py's rules."""
+def parse_layer_table(tokens: list[str], key: str) -> list[tuple[int, str, int | None]]:
+    """Expands a layer table into (table index, kind, width) per block; errors name ``key[i]``."""
     blocks = []
     for i, token in enumerate(tokens):
         match = _TOKEN.match(token.strip())
@@ -103,7 +103,7 @@ def _follow_table(tokens: list[str], key: str, channels: int, image_size: int) -
     Refuses what build_layers would: a D block on an odd size, and self-attention on fewer than 8 channels
     (its C/8 query width) or a 1x1 map (its 2x-pooled keys).
     """
-    blocks, size = _parse_table(tokens, key), image_size
+    blocks, size = parse_layer_table(tokens, key), image_size
     downs = sum(kind == "D" for _, kind, _ in blocks)
     for i, kind, width in blocks:
         if kind == "D" and size % 2:
@@ -137,7 +137,7 @@ class EmbedderConfig:
     layers: list[str] = field(default_factory=lambda: ["D64", "D128", "D256", "A", "D512", "D512", "D512"])
 
     def __post_init__(self):
-        _parse_table(self.layers, "model.embedder.layers")
+        parse_layer_table(self.layers, "model.embedder.layers")
 
 
 @dataclass
@@ -153,7 +153,7 @@ class GeneratorConfig:
     ])
 
     def __post_init__(self):
-        _parse_table(self.layers, "model.generator.layers")
+        parse_layer_table(self.layers, "model.generator.layers")
 
 
 @dataclass
@@ -172,7 +172,7 @@ class DiscriminatorConfig:
     sparse_w: bool = True
 
     def __post_init__(self):
-        _parse_table(self.layers, "model.discriminator.layers")
+        parse_layer_table(self.layers, "model.discriminator.layers")
         _positive("model.discriminator", self, "num_videos")
 
 

@@ -18,7 +18,6 @@ between calls.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-TOKEN = re.compile(r"^(BA|D|U|B|R|I|A)(\d+)?(?:\*(\d+))?$")
-SIZED = {"D", "U", "B", "BA", "R"}
+from config import parse_layer_table
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, sn: bool) -> nn.Conv2d:
@@ -217,22 +215,7 @@ class LayerSpec:
 
 def parse_layers(tokens: list[str], key: str) -> list[LayerSpec]:
     """Expands a config layer table (``["D64", "A", "BA512*4"]``) into specs; errors name the config key."""
-    specs = []
-    for i, token in enumerate(tokens):
-        match = TOKEN.match(token.strip())
-        if not match:
-            raise ValueError(f"{key}[{i}]: cannot parse layer token {token!r}; expected one of "
-                             "D<c>, U<c>, B<c>, BA<c>, R<c>, I, A, optionally followed by *<repeat>")
-        kind, channels, repeat = match.group(1), match.group(2), match.group(3)
-        if kind in SIZED and channels is None:
-            raise ValueError(f"{key}[{i}]: {kind} needs an output width, e.g. {kind}512")
-        if kind not in SIZED and channels is not None:
-            raise ValueError(f"{key}[{i}]: {kind} takes no width (it keeps its input's), got {token!r}")
-        count = int(repeat) if repeat else 1
-        if count < 1:
-            raise ValueError(f"{key}[{i}]: repeat count must be at least 1 in {token!r}")
-        specs.extend([LayerSpec(kind, int(channels) if channels else None)] * count)
-    return specs
+    return [LayerSpec(kind, width) for _, kind, width in parse_layer_table(tokens, key)]
 
 
 def build_layers(tokens: list[str], in_channels: int, image_size: int, sn: bool, key: str

@@ -26,10 +26,10 @@ from dataset.store import StoreError, load_index
 from evaluate import main as evaluate_main
 from model import build_networks
 from test_reenact import read_clip, read_video
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import load_checkpoint
 from training.headgan import HeadGANTrainer, validate_headgan
 from training.loop import meta_train
-from utils.syncs import SyncCounter
+from sync_check import end_cadences, syncs_added_by_steps
 
 SIZE = 64
 STEPS = 150
@@ -145,14 +145,9 @@ def test_resume_refuses_a_headgan_checkpoint_under_a_talking_head_config(trained
 
 def test_headgan_steps_do_not_wait_for_the_device(headgan_store, tmp_path):
     """As for the talking heads (tests/test_training.py): 2 and 5 steps differ by no synchronising op."""
-    counts = {}
-    for steps in (2, 5):
-        cadence = [f"train.steps={steps}", f"train.log_every={steps}", f"train.image_every={steps}",
-                   f"train.checkpoint_every={steps}", "train.batch_size=2"]
-        with SyncCounter() as syncs:
-            meta_train(demo_cfg(headgan_store, *cadence), tmp_path / f"run{steps}", progress=False)
-        counts[steps] = syncs.ops
-    extra = {op: counts[5][op] - counts[2].get(op, 0) for op in counts[5] if counts[5][op] != counts[2].get(op, 0)}
+    extra = syncs_added_by_steps(lambda steps: meta_train(
+        demo_cfg(headgan_store, *end_cadences(steps), "train.batch_size=2"), tmp_path / f"run{steps}",
+        progress=False), 2, 5)
     assert not extra, f"3 more steps made {extra} more synchronising ops"
 
 

@@ -1,6 +1,5 @@
 """HeadGAN networks, losses and training step: shapes, warping, audio, crops, overfitting, NaN stop, bad configs."""
 import copy
-import dataclasses
 
 import pytest
 import torch

@@ -17,6 +17,7 @@ from training import checkpoint as ckpt
 from training.loop import EpisodeSampler, WeightAverage, check_store_rows, meta_train
 from training.precision import (NonFiniteLossError, Precision, PrecisionError, RowAdam, autocast_context,
                                 make_adam, resolve_amp)
+from sync_check import end_cadences, syncs_added_by_steps
 from utils.syncs import SyncCounter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,14 +192,9 @@ def test_an_unwritable_run_directory_is_refused_before_training(demo_store, tmp_
 def test_a_training_step_does_not_wait_for_the_device(demo_store, tmp_path):
     """Between log, checkpoint, image and validation steps the loop reads nothing back from the device: the
     runs of 2 and 6 steps (all cadences at the end) differ by no synchronising op at all."""
-    counts = {}
-    for steps in (2, 6):
-        cadence = [f"train.steps={steps}", f"train.log_every={steps}", f"train.image_every={steps}",
-                   f"train.checkpoint_every={steps}", "train.val_every=0"]
-        with SyncCounter() as syncs:
-            meta_train(tiny_config(demo_store, *cadence), tmp_path / f"run{steps}", progress=False)
-        counts[steps] = syncs.ops
-    extra = {op: counts[6][op] - counts[2].get(op, 0) for op in counts[6] if counts[6][op] != counts[2].get(op, 0)}
+    extra = syncs_added_by_steps(lambda steps: meta_train(
+        tiny_config(demo_store, *end_cadences(steps), "train.val_every=0"), tmp_path / f"run{steps}",
+        progress=False), 2, 6)
     assert not extra, f"4 more steps made {extra} more synchronising ops"
 
 
