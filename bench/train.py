@@ -1,29 +1,40 @@
 """Meta-training throughput of one D/G step on synthetic batches, with the real networks, losses and optimizers.
 
     python bench/train.py --config vox2 --device cuda --batch-size 8 --steps 20 --warmup 5 --mode both
+    python bench/train.py --config vox2 --device cuda --batch-size max --mode both  # largest batch that fits
     python bench/train.py --config demo --steps 10                    # CPU, eager
     python bench/train.py --config headgan --device cuda --mode both  # HeadGAN, 256x256, paper batch 6
     python bench/train.py --config headgan_demo --steps 10            # HeadGAN, 64x64, CPU
+    bash bench/gpu.sh bench_gpu.json                                  # every GPU figure in one JSON file
 
-Batches are random uint8 images of the config's shape (no dataset needed) and go through the same preparation
-and step as meta_train.py. Talking heads: (B, K+1) frames and landmark images through
-``training.talking_head.prepare_batch`` (host -> device copy, conversion to [-1, 1]) and ``training.talking_head.train_step``.
-HeadGAN: reference, target and the two NMFC renders, a log-mel window per sample and a mouth centre, through
-``HeadGANTrainer.prepare`` and ``HeadGANTrainer.step`` (``training.headgan.headgan_train_step``), the very
-methods meta_train calls. Missing VGG19 / VGGFace weight files are replaced by randomly initialised networks
-of the same layout, so the perceptual loss still costs what it costs in a real run; the JSON says which (a
-HeadGAN demo run without the weights drops the term instead: ``--set loss.vgg19_weight=0`` measures that).
+Everything is built by ``training.loop.build_training``, the function meta_train.py builds with (networks,
+fused optimisers, ``Precision``, moving averages, the loss and the trainer's compile wrapping), and each step is
+the trainer's ``prepare`` and ``step`` followed by the moving-average update, as in meta_train's loop. Batches
+are random uint8 tensors of the config's shape in (pinned) host memory, so no dataset is read. Talking heads:
+(B, K+1) frames and landmark images. HeadGAN: reference, target and the two NMFC renders, a log-mel window per
+sample and a mouth centre. Missing VGG19 / VGGFace weight files are replaced by randomly initialised networks of
+the same layout (``content=``), so the perceptual loss still costs what it costs in a real run; the JSON says
+which (a HeadGAN demo run without the weights drops the term instead: ``--set loss.vgg19_weight=0`` measures that).
 
-Per mode (``eager``; ``fast`` = train.amp=bf16, train.channels_last=true, train.compile=true; ``both``) it prints
-samples/s, the step time split into phases, peak memory and, given a peak FLOP/s, the model FLOP utilisation.
-Talking heads: data / E+G forward and W update / D phase / G phase. HeadGAN: data / G forward / D phase (up to
-the discriminators' optimizer step) / G phase (the rest of the step). Timings synchronise CUDA at the phase
-boundaries, which costs a little.
+Modes: ``eager`` is the fp32 reference (train.amp=none, no torch.compile); ``fast`` is the config's train.amp
+resolved for the device (the presets' ``auto``: bf16 on H100 / H200, fp16 with a gradient scaler on older
+CUDA GPUs, fp32 on the CPU) with train.compile=true; ``both`` runs one then the other. train.channels_last is
+the config's in both (``--set train.channels_last=true`` to measure NHWC). The JSON reports the amp each mode
+actually ran.
+
+Per mode it prints samples/s, the step time split into phases, peak memory, host<->device synchronisations per
+step (``syncs_per_step``, by op) and, given a peak FLOP/s, the model FLOP utilisation. The phases are laps
+between marks set from inside the step: the end of the generator's forward (E and G for talking heads), the
+discriminators' optimizer step (end of the D phase), the generator's optimizer step (end of the G phase) and the
+rest (talking heads: W's update; both: the moving averages and the step's bookkeeping). The laps synchronise CUDA,
+which costs a little. ``--batch-size max`` (CUDA only) doubles and then bisects the batch until the step runs out
+of GPU memory, and measures the largest one that fits.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import resource
 import sys
@@ -38,17 +49,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from config import Config, ConfigError, add_config_arguments, apply_overrides, config_from_args
-from model import build_networks
 from model.headgan import check_headgan_config
-from model.loss import GeneratorLoss
 from model.summary import summarize
-from training import talking_head as step_module
-from training.distributed import DistInfo
-from training.talking_head import Networks, build_optimizers, prepare_batch, train_step
+from training import loop
+from training.loop import Training, build_training, make_trainer, resolve_config
+from training.precision import PrecisionError
+from utils.syncs import SyncCounter
 from vgg_model.vgg import CAFFE_PREPROCESS, VGGFeatures, layer_names, load_vgg
 
-FAST_OVERRIDES = ["train.amp=bf16", "train.channels_last=true", "train.compile=true"]
-H100_BF16_DENSE_TFLOPS = 989.0
+MODE_OVERRIDES = {"eager": ["train.amp=none", "train.compile=false"], "fast": ["train.compile=true"]}
+H100_BF16_DENSE_TFLOPS = 989.0  # H100 / H200 SXM, bf16 dense tensor cores
+# The doubling of --batch-size max stops here even if memory is left (W and the optimisers' state are fixed costs).
+MAX_BATCH_LIMIT = 4096
+# Steps counted by SyncCounter after the timed ones: its dispatch mode costs Python time on every op and
+# torch.compile does not compile under it, so it stays out of the timing.
+SYNC_COUNT_STEPS = 1
 
 FLOPS_FORMULA = (
     "per sample (episode) = 3 * (K * E + G + 2 * D + 2 * D) + sum over content nets of 4 * VGG; "
@@ -174,13 +189,14 @@ def synthetic_headgan_batch(cfg: Config, batch_size: int, device: torch.device, 
     return batch
 
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 class PhaseTimer:
-    """Accumulates wall time per named phase, synchronising the device at both ends of each."""
+    """Wall time per named phase, synchronising the device at every mark (``phase`` blocks, ``lap`` marks)."""
 
     def __init__(self, device: torch.device):
         self.device, self.seconds = device, {}
@@ -195,12 +211,6 @@ class PhaseTimer:
             _sync(self.device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def wrap(self, name: str, fn):
-        def timed(*args, **kwargs):
-            with self.phase(name):
-                return fn(*args, **kwargs)
-        return timed
-
     def start_laps(self) -> None:
         """Starts a run of consecutive laps inside one phase (see ``lap``)."""
         _sync(self.device)
@@ -214,31 +224,29 @@ class PhaseTimer:
         self._lap_start = now
 
     @contextlib.contextmanager
-    def patch_step_phases(self):
-        """Times training.talking_head's D and G phases by swapping in timed versions for the duration."""
-        originals = step_module.discriminator_phase, step_module.generator_phase
-        step_module.discriminator_phase = self.wrap("d_phase", originals[0])
-        step_module.generator_phase = self.wrap("g_phase", originals[1])
+    def marks_in(self, run: Training):
+        """Laps inside the trainer's step: after the generator's forward and after the D and G updates.
+
+        Both families' trainers call ``networks.generator`` once per step and step the "discriminator" then the
+        "generator" optimizer, so a wrapper and two optimizer hooks split any family's step the same way.
+        """
+        networks = run.trainer.networks
+        generator = networks.generator
+
+        def marked_generator(*args):
+            out = generator(*args)
+            self.lap("forward")
+            return out
+
+        networks.generator = marked_generator
+        hooks = [run.optimizers[name].register_step_post_hook(lambda *_, phase=phase: self.lap(phase))
+                 for name, phase in (("discriminator", "d_phase"), ("generator", "g_phase"))]
         try:
             yield
         finally:
-            step_module.discriminator_phase, step_module.generator_phase = originals
-
-
-def build_training(cfg: Config, device: torch.device) -> tuple[Networks, dict, GeneratorLoss, dict[str, str]]:
-    """Networks (compiled if train.compile), optimizers and the generator loss on ``device``, as meta_train does."""
-    nets = build_networks(cfg.model)
-    optimizers = build_optimizers(nets["embedder"], nets["generator"], nets["discriminator"], cfg)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    for net in nets.values():
-        net.to(device, memory_format=memory_format)
-    content, sources = content_networks(cfg)
-    content = {k: v.to(device, memory_format=memory_format) for k, v in content.items()}
-    called = dict(nets)
-    if cfg.train.compile:
-        called = {name: torch.compile(net) for name, net in nets.items()}
-    networks = Networks(called["embedder"], called["generator"], called["discriminator"], nets["discriminator"])
-    return networks, optimizers, GeneratorLoss(cfg.loss, content), sources
+            for hook in hooks:
+                hook.remove()
+            networks.generator = generator
 
 
 def _progress(steps: range, what: str, cfg: Config) -> tqdm:
@@ -254,15 +262,112 @@ def _peak_memory_mib(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "resource.getrusage ru_maxrss (process)"
 
 
-def mode_result(cfg: Config, device: torch.device, steps: int, step_seconds: dict[str, float], gflops: float,
-                peak_tflops: float | None, sources: dict[str, str]) -> dict:
-    """One mode's JSON from the seconds spent per phase over ``steps`` timed steps ("total": the whole)."""
-    samples_per_s = steps * cfg.train.batch_size / step_seconds["total"]
+class Stepper:
+    """One mode's training set-up and a synthetic batch; ``step`` is one iteration of meta_train's loop."""
+
+    def __init__(self, cfg: Config, device: torch.device, content: dict[str, torch.nn.Module]):
+        self.cfg, self.device = cfg, device
+        # meta_train's seeding and backend switches (TF32, cudnn autotuning): fp32 on a GPU is TF32 there too.
+        loop._set_determinism(cfg, device)
+        self.run = build_training(cfg, make_trainer(cfg), device, content=content)
+        self.use_batch(cfg.train.batch_size)
+
+    def use_batch(self, batch_size: int) -> None:
+        self.host_batch = None  # the old batch's pinned memory goes before the new one is made
+        make = synthetic_headgan_batch if self.cfg.model.family == "headgan" else synthetic_batch
+        self.batch_size, self.host_batch = batch_size, make(self.cfg, batch_size, self.device, self.cfg.train.seed)
+
+    def step(self, n: int, timer: PhaseTimer | None = None) -> None:
+        """Step ``n`` (1-based, as meta_train counts): prepare, the trainer's step, the moving averages."""
+        run = self.run
+        with timer.phase("data") if timer else contextlib.nullcontext():
+            batch = run.trainer.prepare(self.host_batch, self.device)
+        with timer.phase("step") if timer else contextlib.nullcontext():
+            if timer:
+                timer.start_laps()
+            run.trainer.step(batch, run.optimizers, run.loss, n, run.precision)
+            if run.averages:
+                run.averages.update(n)
+            if timer:
+                timer.lap("rest")
+
+    def free_after_oom(self) -> None:
+        """What an out-of-memory step left behind: partial gradients, then the allocator's cached blocks."""
+        for opt in self.run.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    def fits(self, batch_size: int) -> bool:
+        """Whether one step at ``batch_size`` runs without exhausting GPU memory."""
+        try:
+            self.use_batch(batch_size)
+            self.step(1)
+            _sync(self.device)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            pass  # leave the except block first: the traceback holds the step's tensors
+        self.host_batch = None
+        self.free_after_oom()
+        return False
+
+
+def largest_fitting(fits, limit: int = MAX_BATCH_LIMIT) -> tuple[int, int | None, list[list]]:
+    """The largest batch size ``fits(b)`` accepts, by doubling from 1 and then bisecting (fits is monotone).
+
+    Returns (largest fitting, smallest refused or None if ``limit`` fitted, [[size, fitted], ...] in probe order).
+    """
+    probes = []
+
+    def probe(b: int) -> bool:
+        ok = fits(b)
+        probes.append([b, ok])
+        return ok
+
+    if not probe(1):
+        return 0, 1, probes
+    low, high = 1, None
+    while high is None and low < limit:
+        b = min(2 * low, limit)
+        if probe(b):
+            low = b
+        else:
+            high = b
+    while high is not None and high - low > 1:
+        mid = (low + high) // 2
+        if probe(mid):
+            low = mid
+        else:
+            high = mid
+    return low, high, probes
+
+
+def measure(stepper: Stepper, steps: int, warmup: int, gflops: float, peak_tflops: float | None,
+            sources: dict[str, str]) -> dict:
+    """``warmup`` untimed steps, ``steps`` timed ones, then the sync count; one mode's JSON."""
+    cfg, device, run = stepper.cfg, stepper.device, stepper.run
+    for n in _progress(range(1, warmup + 1), "warm-up", cfg):
+        stepper.step(n)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = PhaseTimer(device)
+    with timer.marks_in(run):
+        for n in _progress(range(warmup + 1, warmup + steps + 1), "timed steps", cfg):
+            stepper.step(n, timer)
     memory, memory_source = _peak_memory_mib(device)
+    with SyncCounter() as syncs:
+        for n in range(warmup + steps + 1, warmup + steps + SYNC_COUNT_STEPS + 1):
+            stepper.step(n)
+    sec = timer.seconds
+    step_seconds = {"total": sec["data"] + sec["step"],
+                    **{k: sec.get(k, 0.0) for k in ("data", "forward", "d_phase", "g_phase", "rest")}}
+    samples_per_s = steps * stepper.batch_size / step_seconds["total"]
     result = {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
-              "samples_per_s": round(samples_per_s, 3),
+              "batch_size": stepper.batch_size, "samples_per_s": round(samples_per_s, 3),
               "step_ms": {k: round(1000 * v / steps, 2) for k, v in step_seconds.items()},
               "peak_memory_mib": round(memory, 1), "peak_memory_source": memory_source,
+              "syncs_per_step": syncs.count / SYNC_COUNT_STEPS,
+              "sync_ops": dict(sorted(syncs.ops.items())),
               "achieved_tflops": round(gflops * samples_per_s / 1000, 4), "content_networks": sources}
     if peak_tflops:
         result["mfu"] = round(gflops * samples_per_s / 1000 / peak_tflops, 4)
@@ -270,134 +375,102 @@ def mode_result(cfg: Config, device: torch.device, steps: int, step_seconds: dic
 
 
 def run_mode(cfg: Config, device: torch.device, steps: int, warmup: int, gflops: float,
-             peak_tflops: float | None) -> dict:
-    """Builds fresh networks for ``cfg``, runs ``warmup`` untimed then ``steps`` timed steps; returns the numbers."""
-    torch.manual_seed(cfg.train.seed)
-    networks, optimizers, generator_loss, sources = build_training(cfg, device)
-    host_batch = synthetic_batch(cfg, cfg.train.batch_size, device, cfg.train.seed)
-    for n in _progress(range(warmup), "warm-up", cfg):
-        train_step(prepare_batch(host_batch, device), networks, optimizers, generator_loss, n, cfg.train.amp)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    timer = PhaseTimer(device)
-    with timer.patch_step_phases():
-        for n in _progress(range(warmup, warmup + steps), "timed steps", cfg):
-            with timer.phase("data"):
-                batch = prepare_batch(host_batch, device)
-            with timer.phase("step"):
-                train_step(batch, networks, optimizers, generator_loss, n, cfg.train.amp)
-    sec = timer.seconds
-    total = sec["data"] + sec["step"]
-    step_ms = {"total": total, "data": sec["data"], "d_phase": sec["d_phase"], "g_phase": sec["g_phase"],
-               # E and G forward before the phases, plus W's update after them
-               "forward_and_w": sec["step"] - sec["d_phase"] - sec["g_phase"]}
-    return mode_result(cfg, device, steps, step_ms, gflops, peak_tflops, sources)
-
-
-def run_headgan_mode(cfg: Config, device: torch.device, steps: int, warmup: int, gflops: float,
-                     peak_tflops: float | None) -> dict:
-    """``run_mode`` for HeadGAN: networks, optimizers, loss, prepare and step all come from ``HeadGANTrainer``.
-
-    The step is one function, so its phases are laps between marks set from inside it: after the generator's
-    forward (a wrapper around the called generator) and after the discriminators' optimizer step (a step hook).
-    """
-    from training.headgan import HeadGANTrainer
-
-    torch.manual_seed(cfg.train.seed)
-    trainer = HeadGANTrainer(cfg)
-    nets = build_networks(cfg.model)
-    optimizers = trainer.optimizers(nets)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    for net in nets.values():
-        net.to(device, memory_format=memory_format)
+             peak_tflops: float | None, find_max: bool = False) -> dict:
+    """Builds fresh networks for ``cfg`` and measures them; with ``find_max`` at the largest batch that fits."""
     content, sources = content_networks(cfg)
-    loss = trainer.loss({k: v.to(device, memory_format=memory_format) for k, v in content.items()})
-    trainer.wrap(nets, DistInfo(), device)
-    host_batch = synthetic_headgan_batch(cfg, cfg.train.batch_size, device, cfg.train.seed)
-    for n in _progress(range(warmup), "warm-up", cfg):
-        trainer.step(trainer.prepare(host_batch, device), optimizers, loss, n)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    stepper = Stepper(cfg, device, content)
+    if not find_max:
+        return measure(stepper, steps, warmup, gflops, peak_tflops, sources)
+    largest, refused, probes = largest_fitting(stepper.fits)
+    search = {"largest_fitting": largest, "smallest_refused": refused, "probes": probes}
+    if largest == 0:
+        return {"amp": cfg.train.amp, "compile": cfg.train.compile, "max_batch": search,
+                "error": "one sample does not fit in GPU memory"}
+    # The timed steps can need a little more than one probe step (more warm-up, allocator fragmentation):
+    # step down by eighths rather than report nothing.
+    search["refused_when_timed"] = []
+    batch_size = largest
+    while len(search["refused_when_timed"]) < 3:
+        stepper.use_batch(batch_size)
+        try:
+            return {**measure(stepper, steps, warmup, gflops, peak_tflops, sources), "max_batch": search}
+        except torch.cuda.OutOfMemoryError:
+            pass
+        stepper.free_after_oom()
+        search["refused_when_timed"].append(batch_size)
+        batch_size = max(1, batch_size * 7 // 8)
+    return {"amp": cfg.train.amp, "compile": cfg.train.compile, "max_batch": search,
+            "error": f"out of memory in the timed steps at batch sizes {search['refused_when_timed']}"}
 
-    timer = PhaseTimer(device)
-    generator = trainer.networks.generator
 
-    def timed_generator(*args):
-        out = generator(*args)
-        timer.lap("g_forward")
-        return out
 
-    trainer.networks.generator = timed_generator
-    hook = optimizers["discriminator"].register_step_post_hook(lambda *_: timer.lap("d_phase"))
-    try:
-        for n in _progress(range(warmup, warmup + steps), "timed steps", cfg):
-            with timer.phase("data"):
-                batch = trainer.prepare(host_batch, device)
-            with timer.phase("step"):
-                timer.start_laps()
-                trainer.step(batch, optimizers, loss, n)
-                timer.lap("g_phase")
-    finally:
-        hook.remove()
-        trainer.networks.generator = generator
-    sec = timer.seconds
-    total = sec["data"] + sec["step"]
-    step_ms = {"total": total, **{k: sec[k] for k in ("data", "g_forward", "d_phase", "g_phase")}}
-    return mode_result(cfg, device, steps, step_ms, gflops, peak_tflops, sources)
+def mode_config(cfg: Config, mode: str, device: torch.device) -> Config:
+    """``cfg`` for ``mode`` ("eager" or "fast", see the module docstring) as meta_train would run it on ``device``."""
+    return resolve_config(apply_overrides(cfg, MODE_OVERRIDES[mode]), device)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_arguments(parser, default="vox2")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples (episodes, pairs) per step (default: 8 for talking heads, the set-up of the "
-                             "GPU targets; the config's train.batch_size for HeadGAN, 6 in the paper's)")
+    parser.add_argument("--batch-size", default=None,
+                        help="samples (episodes, pairs) per step, or 'max': the largest that fits in GPU memory "
+                             "(CUDA only). Default: 8 for talking heads, the set-up of the GPU targets; the "
+                             "config's train.batch_size for HeadGAN, 6 in the paper's")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, per mode (default 5)")
     parser.add_argument("--mode", choices=("eager", "fast", "both"), default="eager",
-                        help="eager, fast (bf16 + channels_last + torch.compile) or both (default eager)")
+                        help="eager (fp32, no compile), fast (the config's train.amp resolved for the device, "
+                             "torch.compile) or both (default eager)")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak FLOP/s of the device in TFLOP/s for MFU (default: 989, H100 bf16 dense, on "
-                             "cuda; none on cpu, and MFU is omitted)")
+                        help="peak FLOP/s of the device in TFLOP/s for MFU (default: 989, H100 / H200 bf16 "
+                             "dense, on cuda, for both modes; none on cpu, and MFU is omitted)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error("--steps and --batch-size must be at least 1, --warmup at least 0")
+    find_max = args.batch_size == "max"
+    if not find_max and args.batch_size is not None and not (args.batch_size.isdigit() and int(args.batch_size)):
+        parser.error(f"--batch-size must be a positive integer or 'max', got {args.batch_size!r}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1, --warmup at least 0")
     device = torch.device(args.device)
+    if find_max and device.type != "cuda":
+        parser.error(f"--batch-size max searches for the largest batch before CUDA runs out of memory; "
+                     f"it needs --device cuda (got {device})")
     peak = args.peak_tflops if args.peak_tflops is not None else (
         H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     try:
         cfg = config_from_args(args)
         headgan = cfg.model.family == "headgan"
-        batch_size = args.batch_size if args.batch_size is not None else (cfg.train.batch_size if headgan else 8)
-        cfg = apply_overrides(cfg, [f"train.batch_size={batch_size}"])
+        if not find_max and args.batch_size is not None:
+            cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
+        elif not headgan:
+            cfg = apply_overrides(cfg, ["train.batch_size=8"])
         if headgan:
             check_headgan_config(cfg.model)
-    except (ConfigError, ValueError) as err:  # ValueError: a HeadGAN set-up that cannot be built
+        modes = ["eager", "fast"] if args.mode == "both" else [args.mode]
+        mode_cfgs = {mode: mode_config(cfg, mode, device) for mode in modes}
+    except (ConfigError, PrecisionError, ValueError) as err:  # ValueError: a HeadGAN set-up that cannot be built
         parser.exit(2, f"error: {err}\n")
     flops = flops_per_sample(cfg)
-    modes = ["eager", "fast"] if args.mode == "both" else [args.mode]
     result = {"config": cfg.name, "family": cfg.model.family, "device": str(device),
               "image_size": cfg.model.image_size}
     if headgan:
         result.update({
-            "audio": cfg.model.headgan.audio, "batch_size": cfg.train.batch_size, "steps": args.steps,
-            "warmup": args.warmup,
+            "audio": cfg.model.headgan.audio,
             "data": "synthetic: random uint8 reference, target and NMFC render images, log-mel-shaped audio "
                     "windows and mouth centres of the config's shape, no dataset read",
             "flops_formula": HEADGAN_FLOPS_FORMULA})
     else:
         result.update({
-            "k_shots": cfg.train.k_shots, "batch_size": cfg.train.batch_size, "steps": args.steps,
-            "warmup": args.warmup,
+            "k_shots": cfg.train.k_shots,
             "data": "synthetic: random uint8 frames and landmark images of the config's shape, no dataset read",
             "flops_formula": FLOPS_FORMULA})
-    result.update({"gflops_per_image": {k: round(v, 4) for k, v in flops["gflops_per_image"].items()},
+    result.update({"batch_size": "max" if find_max else cfg.train.batch_size, "steps": args.steps,
+                   "warmup": args.warmup, "syncs_counted_over": f"{SYNC_COUNT_STEPS} step(s) after the timed ones",
+                   "gflops_per_image": {k: round(v, 4) for k, v in flops["gflops_per_image"].items()},
                    "gflops_per_sample": round(flops["gflops_per_sample"], 4), "peak_tflops": peak, "modes": {}})
-    run = run_headgan_mode if headgan else run_mode
-    for mode in modes:
-        mode_cfg = apply_overrides(cfg, FAST_OVERRIDES) if mode == "fast" else cfg
-        result["modes"][mode] = run(mode_cfg, device, args.steps, args.warmup, flops["gflops_per_sample"], peak)
+    for mode, mode_cfg in mode_cfgs.items():
+        result["modes"][mode] = run_mode(mode_cfg, device, args.steps, args.warmup, flops["gflops_per_sample"],
+                                         peak, find_max)
     print(json.dumps(result, indent=1))
     return result
 

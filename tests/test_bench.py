@@ -11,6 +11,7 @@ import torch
 from bench import inference, landmarks, latency, train
 from config import load_config, to_dict
 from dataset.landmarks import DetectorLoadError
+from training import talking_head
 from training.person import save_person
 
 
@@ -18,19 +19,32 @@ def _printed(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_train_bench_reports_throughput_phases_and_flops(capsys):
+def test_train_bench_reports_throughput_phases_flops_and_syncs(capsys, monkeypatch):
+    engine_step = talking_head.train_step
+
+    def step_with_a_read(*args, **kwargs):  # a host read in the step, as the engine had before issue 11
+        stats, x_hat = engine_step(*args, **kwargs)
+        float(stats["loss/d_total"])
+        return stats, x_hat
+
+    monkeypatch.setattr(talking_head, "train_step", step_with_a_read)
     result = train.main(["--config", "demo", "--set", "model.image_size=32", "--batch-size", "2",
                          "--steps", "2", "--warmup", "1"])
     assert _printed(capsys) == result
     assert result["data"].startswith("synthetic")
-    assert result["peak_tflops"] is None
+    assert result["peak_tflops"] is None and result["batch_size"] == 2
     assert set(result["gflops_per_image"]) == {"embedder", "generator", "discriminator", "vgg19", "vggface"}
     assert result["gflops_per_sample"] > sum(result["gflops_per_image"].values())
     eager = result["modes"]["eager"]
     assert set(result["modes"]) == {"eager"}
+    assert eager["amp"] == "none" and not eager["compile"] and eager["batch_size"] == 2
     assert eager["samples_per_s"] > 0 and eager["peak_memory_mib"] > 0
-    assert set(eager["step_ms"]) == {"total", "data", "d_phase", "g_phase", "forward_and_w"}
+    assert set(eager["step_ms"]) == {"total", "data", "forward", "d_phase", "g_phase", "rest"}
     assert all(v > 0 for v in eager["step_ms"].values())
+    parts = sum(v for k, v in eager["step_ms"].items() if k != "total")
+    assert parts == pytest.approx(eager["step_ms"]["total"], abs=0.05)  # the laps tile the step
+    # One read per step, counted over the counting step only (not the warm-up or timed ones).
+    assert eager["syncs_per_step"] == 1 and eager["sync_ops"] == {"_local_scalar_dense": 1}
     assert "mfu" not in eager
     assert set(eager["content_networks"]) == {"vgg19", "vggface"}
 
@@ -41,6 +55,51 @@ def test_train_bench_mfu_with_a_given_peak(capsys):
     eager = result["modes"]["eager"]
     assert "vggface" not in result["gflops_per_image"] and set(eager["content_networks"]) == {"vgg19"}
     assert eager["mfu"] == pytest.approx(eager["achieved_tflops"], rel=1e-2, abs=1e-4)
+    assert eager["syncs_per_step"] == 0 and eager["sync_ops"] == {}  # the engine's step reads nothing back
+
+
+def test_train_bench_modes_run_the_resolved_amp():
+    cpu = torch.device("cpu")
+    cfg = load_config("vox2", ["train.channels_last=true"])
+    eager, fast = (train.mode_config(cfg, mode, cpu).train for mode in ("eager", "fast"))
+    assert (eager.amp, eager.compile, eager.channels_last) == ("none", False, True)
+    assert (fast.amp, fast.compile, fast.channels_last) == ("none", True, True)  # auto is fp32 on the CPU
+    assert train.mode_config(load_config("vox2", ["train.amp=bf16"]), "fast", cpu).train.amp == "bf16"
+
+
+def test_train_bench_max_batch_search_finds_the_largest_that_fits():
+    largest, refused, probes = train.largest_fitting(lambda b: b <= 37)
+    assert (largest, refused) == (37, 38)
+    assert [b for b, _ in probes][:7] == [1, 2, 4, 8, 16, 32, 64] and probes[6] == [64, False]
+    assert all(fitted == (b <= 37) for b, fitted in probes)
+    assert train.largest_fitting(lambda b: True, limit=6) == (6, None, [[1, True], [2, True], [4, True], [6, True]])
+    assert train.largest_fitting(lambda b: False) == (0, 1, [[1, False]])
+
+
+def test_train_bench_max_batch_recovers_from_out_of_memory(monkeypatch):
+    calls = []
+
+    def step_short_of_memory(self, batch, optimizers, loss, step, precision):  # a GPU whose memory ends at 3
+        b = batch["frames"].shape[0]
+        calls.append(b)
+        if b > 3 or (b == 3 and calls.count(3) > 1):  # 3 passes its probe step but not the timed steps
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {}, None
+
+    monkeypatch.setattr(talking_head.TalkingHeadTrainer, "step", step_short_of_memory)
+    cpu = torch.device("cpu")
+    cfg = train.mode_config(load_config("demo", ["model.image_size=32"]), "eager", cpu)
+    result = train.run_mode(cfg, cpu, steps=2, warmup=1, gflops=1.0, peak_tflops=None, find_max=True)
+    assert result["max_batch"] == {"largest_fitting": 3, "smallest_refused": 4, "refused_when_timed": [3],
+                                   "probes": [[1, True], [2, True], [4, False], [3, True]]}
+    assert result["batch_size"] == 2 and result["samples_per_s"] > 0  # stepped down to 3 * 7 // 8
+
+
+def test_train_bench_max_batch_needs_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", "demo", "--batch-size", "max"])
+    assert exit_info.value.code == 2
+    assert "needs --device cuda" in capsys.readouterr().err
 
 
 def test_inference_bench_reports_fps_per_batch_size(capsys):
@@ -103,10 +162,11 @@ def test_headgan_train_bench_reports_phases_flops_and_mfu(capsys):
     assert result["gflops_per_sample"] == pytest.approx(3 * (g + 4 * d + 4 * m) + 4 * vgg, rel=1e-3)
     (eager,) = result["modes"].values()
     assert set(result["modes"]) == {"eager"} and eager["amp"] == "none" and not eager["compile"]
-    assert set(eager["step_ms"]) == {"total", "data", "g_forward", "d_phase", "g_phase"}
+    assert set(eager["step_ms"]) == {"total", "data", "forward", "d_phase", "g_phase", "rest"}
     assert _finite_positive(eager["step_ms"].values())
     parts = sum(v for k, v in eager["step_ms"].items() if k != "total")
     assert parts == pytest.approx(eager["step_ms"]["total"], abs=0.05)  # the laps tile the step
+    assert eager["syncs_per_step"] == 0
     assert _finite_positive([eager["samples_per_s"], eager["peak_memory_mib"], eager["achieved_tflops"]])
     assert eager["mfu"] == pytest.approx(eager["achieved_tflops"], rel=1e-2, abs=1e-4)
     assert eager["content_networks"]["vgg19"].startswith(("random weights", "weights/"))
