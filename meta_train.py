@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"done: last checkpoint {path}")
+    if path is not None:  # rank 0 writes the checkpoints; the other processes of a torchrun run have none
+        print(f"done: last checkpoint {path}")
     return 0
 
 

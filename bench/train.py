@@ -268,7 +268,7 @@ class Stepper:
     def __init__(self, cfg: Config, device: torch.device, content: dict[str, torch.nn.Module]):
         self.cfg, self.device = cfg, device
         # meta_train's seeding and backend switches (TF32, cudnn autotuning): fp32 on a GPU is TF32 there too.
-        loop._set_determinism(cfg, device)
+        loop.configure_backends(cfg, device)
         self.run = build_training(cfg, make_trainer(cfg), device, content=content)
         self.use_batch(cfg.train.batch_size)
 

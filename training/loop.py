@@ -74,7 +74,7 @@ def make_loader(dataset, cfg: Config, info: distributed.DistInfo, start: int, de
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
-def _set_determinism(cfg: Config, device: torch.device) -> None:
+def configure_backends(cfg: Config, device: torch.device) -> None:
     """Seeds, and the backends' speed and determinism switches (TF32, cudnn autotuning) for ``device``."""
     torch.manual_seed(cfg.train.seed)
     if device.type == "cuda":
@@ -331,7 +331,7 @@ def meta_train(cfg: Config, run_dir: str | Path, resume: bool = False, device: s
             raise ValueError("data.root is not set: pass --set data.root=DIR (a store written by "
                              "dataset/voxceleb1/extract_landmark.py)")
         cfg = resolve_config(cfg, dev)
-        _set_determinism(cfg, dev)
+        configure_backends(cfg, dev)
         trainer = make_trainer(cfg)
         dataset = trainer.dataset()
         cfg = trainer.configure(cfg, dataset)

@@ -10,7 +10,9 @@ them and keep a training step free of them (tests/test_training.py, bench/train.
     print(syncs.count, syncs.ops)
 
 Only the thread that enters the mode is watched (DataLoader worker processes and threads are not: they do not
-wait for the GPU's stream).
+wait for the GPU's stream). Two limits: while the mode is active torch.compile runs its code eagerly, so the
+count is that of the eager step; and a value read of a CPU tensor counts too, although on a GPU box it would not
+wait for the device.
 """
 from __future__ import annotations
 
