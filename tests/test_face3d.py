@@ -451,7 +451,8 @@ def test_extract_meshes_on_a_store(tmp_path, photos):
     assert summary.counts["done"] == 2 and summary.counts["failed"] == 1
     assert summary.totals["frames"] == 8 and summary.totals["frames_without_mesh"] == 1
     failures = [json.loads(line) for line in (root / "face3d_failures.jsonl").read_text().splitlines()]
-    assert [f["key"] for f in failures] == ["id00003/broken"] and "decode" in failures[0]["error"]
+    # The damaged frames file is named (its JPEG offsets do not match its size, so nothing is decoded).
+    assert [f["key"] for f in failures] == ["id00003/broken"] and "frames.bin is truncated" in failures[0]["error"]
     assert not (store.video_dir(root, "id00003", "broken") / FACE3D_FILE).exists()
 
     astro = read_face3d(store.video_dir(root, "id00001", "astro"))
