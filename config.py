@@ -403,6 +403,9 @@ class TrainConfig:
     channels_last: bool = False
     # torch.compile the networks (first steps are slow while it compiles).
     compile: bool = False
+    # torch.compile's backend: "inductor" (generated kernels, the fast path); "aot_eager" traces and guards the
+    # same graphs without generating code (debugging, and the tests' check that nothing recompiles).
+    compile_backend: str = "inductor"
     # Deterministic kernels (torch.use_deterministic_algorithms): exact resume and reproducible runs, slower.
     deterministic: bool = False
     # Exponential moving average of the generator side's weights (E and G; HeadGAN: G), updated after every step
@@ -588,7 +591,7 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "data.max_skipped_fraction",
     # How the same computation is executed: compiled, in NHWC layout, with deterministic kernels. They change
     # speed and the order of float roundings, not the model, the optimiser state or the data.
-    "train.compile", "train.channels_last", "train.deterministic",
+    "train.compile", "train.compile_backend", "train.channels_last", "train.deterministic",
     # A label for logs.
     "name",
     # Read by finetune.py only, never by meta-training.

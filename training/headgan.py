@@ -234,8 +234,9 @@ class HeadGANTrainer:
         mouth = nets.get("mouth_discriminator")
         plain = {"discriminator": nets["discriminator"], "mouth": mouth}
         if self.cfg.train.compile:
-            wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
-            plain = {name: net if net is None else torch.compile(net) for name, net in plain.items()}
+            backend = self.cfg.train.compile_backend
+            wrapped = {name: torch.compile(net, backend=backend) for name, net in wrapped.items()}
+            plain = {name: net if net is None else torch.compile(net, backend=backend) for name, net in plain.items()}
         self.networks = HeadGANNetworks(wrapped["generator"], wrapped["discriminator"],
                                         wrapped.get("mouth_discriminator"), nets["discriminator"], mouth,
                                         plain["discriminator"], plain["mouth"])

@@ -305,7 +305,7 @@ def build_training(cfg: Config, trainer, device: torch.device, info: distributed
     content = load_content_networks(cfg.loss) if content is None else content
     content = {k: v.to(device, memory_format=memory_format) for k, v in content.items()}
     if cfg.train.compile:
-        content = {k: torch.compile(v) for k, v in content.items()}
+        content = {k: torch.compile(v, backend=cfg.train.compile_backend) for k, v in content.items()}
     loss = trainer.loss(content)
     trainer.wrap(nets, info, device)
     return Training(trainer, nets, optimizers, precision, loss, averages)

@@ -256,10 +256,11 @@ class TalkingHeadTrainer:
             "discriminator": distributed.wrap(nets["discriminator"], info, dev, ignore=("W.weight",)),
         }
         plain_d = nets["discriminator"]
+        backend = self.cfg.train.compile_backend
         if self.cfg.train.compile:
-            wrapped = {name: torch.compile(net) for name, net in wrapped.items()}
+            wrapped = {name: torch.compile(net, backend=backend) for name, net in wrapped.items()}
         # The G phase calls D outside DDP; under compile it gets its own compiled graph (w= instead of rows).
-        d_for_g = torch.compile(plain_d) if self.cfg.train.compile else plain_d
+        d_for_g = torch.compile(plain_d, backend=backend) if self.cfg.train.compile else plain_d
         self.networks = Networks(wrapped["embedder"], wrapped["generator"], wrapped["discriminator"], plain_d, d_for_g)
         # Per process and step W's gradient has 2B rows from the D phase and B from the G phase: a fixed size,
         # so the all-gather needs no host read of the row count.
