@@ -124,7 +124,7 @@ def check_store_rows(saved: torch.Tensor | None, current: torch.Tensor, source: 
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files of saves that were killed (``utils.atomic``: ``.NAME.XXXX.tmp``) are never completed."""
+    """Temporary files of saves that were killed (``utils.atomic``: ``.NAME.<random>.tmp``) are never completed."""
     for stale in folder.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
